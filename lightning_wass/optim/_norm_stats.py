@@ -3,8 +3,8 @@
 An optimizer holds parameters, not modules, so it cannot reach the BatchNorm layers of the model
 whose loss the closure computes. :func:`frozen_running_stats` therefore registers a *global*
 forward pre-hook (``torch.nn.modules.module.register_module_forward_pre_hook``) for the duration
-of the perturbed passes. The first time a normalisation layer that tracks running statistics runs
-in training mode inside the block:
+of the perturbed passes. The first time a module is called inside the block, every normalisation
+layer beneath it (``module.modules()``) that tracks running statistics in training mode is frozen:
 
 - a BatchNorm layer (``_BatchNorm``: BatchNorm1d/2d/3d, SyncBatchNorm, lazy variants) gets
   ``track_running_stats = False`` until the block ends: in training mode it then normalises with
@@ -13,6 +13,15 @@ in training mode inside the block:
 - any other layer with running statistics (InstanceNorm with ``track_running_stats=True``, whose
   forward updates them regardless) has its buffers copied, and written back when the block ends.
 
+Walking the called module's descendants (rather than waiting for each layer's own call) is what
+makes this work under ``torch.compile``: a compiled model runs its layers inside the compiled
+graph, where no per-layer hook fires, but the hook still fires once for the compiled (or
+``module.compile()``-d) top-level module. The changed ``track_running_stats`` attribute is guarded
+by dynamo, so the model is compiled once more for the frozen passes and both graphs are cached.
+Dynamo warns whenever a global hook exists while an ``OptimizedModule`` is called (the hook fires
+"an extra time" for the wrapper); that extra call is exactly the one this freeze relies on, so the
+warning is silenced inside the block only.
+
 So the running statistics end the step exactly as the first, unperturbed pass left them. This
 replaces the official code's ``disable_running_stats`` (``momentum = 0``, which still counts
 ``num_batches_tracked`` and does not cover ``momentum=None``).
@@ -20,6 +29,7 @@ replaces the official code's ``disable_running_stats`` (``momentum = 0``, which 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -29,34 +39,56 @@ from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 from torch.nn.modules.module import register_module_forward_pre_hook
 
 _BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+_COMPILED_HOOK_WARNING = r"Using `torch\.compile\(module\)` when there are global hooks"
+
+
+class _Freezer:
+    """Freezes the normalisation layers beneath each module called inside the block, once each."""
+
+    def __init__(self) -> None:
+        self.seen: set[int] = set()
+        self.toggled: list[_BatchNorm] = []
+        self.saved: list[tuple[nn.Module, dict[str, Tensor]]] = []
+
+    def __call__(self, module: nn.Module, args: Any) -> None:
+        if id(module) in self.seen:
+            return
+        for sub in module.modules():
+            if id(sub) in self.seen:
+                continue
+            self.seen.add(id(sub))
+            if isinstance(sub, _NormBase) and sub.training and sub.track_running_stats:
+                self._freeze(sub)
+
+    def _freeze(self, layer: _NormBase) -> None:
+        if isinstance(layer, _BatchNorm):
+            layer.track_running_stats = False
+            self.toggled.append(layer)
+            return
+        buffers = {name: getattr(layer, name) for name in _BUFFERS}
+        self.saved.append((layer, {n: b.detach().clone() for n, b in buffers.items() if isinstance(b, Tensor)}))
+
+    def release(self) -> None:
+        for layer in self.toggled:
+            layer.track_running_stats = True
+        for layer, buffers in self.saved:
+            for name, value in buffers.items():
+                current = getattr(layer, name)
+                if isinstance(current, Tensor):
+                    current.detach().copy_(value)
+        self.toggled.clear()
+        self.saved.clear()
 
 
 @contextmanager
 def frozen_running_stats() -> Iterator[None]:
     """Inside the block, no normalisation layer's running statistics change (see module docstring)."""
-    seen: set[int] = set()
-    toggled: list[_BatchNorm] = []
-    saved: list[tuple[nn.Module, dict[str, Tensor]]] = []
-
-    def freeze(module: nn.Module, args: Any) -> None:
-        if isinstance(module, _NormBase) and module.training and module.track_running_stats and id(module) not in seen:
-            seen.add(id(module))
-            if isinstance(module, _BatchNorm):
-                module.track_running_stats = False
-                toggled.append(module)
-            else:
-                buffers = {name: getattr(module, name) for name in _BUFFERS}
-                saved.append((module, {n: b.detach().clone() for n, b in buffers.items() if isinstance(b, Tensor)}))
-
-    handle = register_module_forward_pre_hook(freeze)
+    freezer = _Freezer()
+    handle = register_module_forward_pre_hook(freezer)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_COMPILED_HOOK_WARNING, category=UserWarning)
+            yield
     finally:
         handle.remove()
-        for module in toggled:
-            module.track_running_stats = True
-        for module, buffers in saved:
-            for name, value in buffers.items():
-                current = getattr(module, name)
-                if isinstance(current, Tensor):
-                    current.detach().copy_(value)
+        freezer.release()

@@ -17,24 +17,36 @@ current parameters ``theta_0``::
         for s = 1..S-1:  g_s = grad L(theta_s)
                          theta_{s+1} = theta_s + rho_{s+1} T^2 d_s / ||T g_s|| + sigma xi_{s+1}
         G_k = grad L(theta_S)                               (the final pass of the particle)
-    theta <- base_optimizer step at theta_0 with the gradient (1/K) sum_k G_k
+    theta <- base_optimizer step at theta_0 with the gradient (1/K) sum_k G_k   (or the sum)
 
 ``d_s = g_0 + ... + g_s`` (``chain_direction="summed"``, the official code's ``merge_grad``) or
 ``d_s = g_s`` (``"current"``); ``T = |theta| + eta`` with ``adaptive=True``, else ``T = 1``.
-``num_particles=1, ascent_steps=1, noise_std=0`` is exactly SAM.
+``num_particles=1, ascent_steps=1, noise_std=0`` is exactly SAM. The radius of step ``s`` is
+``group["rho"] * group["rho_fractions"][s]``: ``group["rho"]`` is one plain number (the largest
+radius) that a schedule may set.
 
-With ``chunked_ascent=True`` the closure may honour :attr:`OTMDR.current_pass`
-(:class:`~lightning_wass.optim.PassInfo`): ascent step ``s`` of particle ``k`` is then evaluated
-on chunk ``s`` of ``S`` disjoint parts of the batch (the official code's halves ``B1``, ``B2`` for
-``S = 2``; for ``K > 1`` each particle cuts its own random permutation of the batch), and each
-particle's first gradient is taken on its own chunk 0 at ``theta_0``. The final passes always see
-the whole batch.
+With ``K > 1`` each particle evaluates its ascent passes on its own chunks of the batch (ascent
+step ``s`` on chunk ``s`` of ``S`` disjoint parts of a random permutation drawn for the particle, as
+the official ``SAMnChain`` does); its first gradient is taken on its own chunk 0 at ``theta_0``.
+The closure honours the chunks through :attr:`OTMDR.current_pass`
+(:class:`~lightning_wass.optim.PassInfo`). With ``K = 1``, ``chunked_ascent=True`` gives the
+official single-chain variant (contiguous halves ``B1``, ``B2`` for ``S = 2``). Final passes always
+see the whole batch.
+
+Two ways to drive it, with the same trajectory:
+
+- ``step(closure)``: the closure clears the gradients, computes the loss, back-propagates and
+  returns it; the optimizer calls it ``1 + K S`` times (``1 + K (S + 1) - 1`` with chunks).
+- the two-step API of davda54/sam and the official code: ``first_step()`` after the backward of each
+  ascent pass, ``second_step()`` after the backward of each particle's final pass (the ``K``-th
+  takes the base step). See :meth:`OTMDR.first_step`.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+import weakref
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from typing import Any
 
@@ -42,35 +54,29 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from lightning_wass._validation import DivergenceError, check_choice, check_int, check_positive, raise_if_diverged
+from lightning_wass._validation import DivergenceError, check_choice, check_int, check_positive
+from lightning_wass.optim import _entry_gradients as entry_grads
+from lightning_wass.optim import _grad_scaling as scaling
+from lightning_wass.optim import _options as options
 from lightning_wass.optim import _perturbation as P
 from lightning_wass.optim._norm_stats import frozen_running_stats
+from lightning_wass.optim._step_run import Grads, Progress, StepRun
 from lightning_wass.optim.passes import PassInfo
 
 CHAIN_DIRECTIONS = ("summed", "current")
+PARTICLE_REDUCTIONS = ("mean", "sum")
 
 _NO_CLOSURE = (
-    "{name}.step() needs a closure that clears the gradients, computes the loss, calls backward() and "
-    "returns the loss (the contract of torch.optim.LBFGS): it evaluates the loss at several perturbed "
-    "parameter points per step. It was called without one. This also happens under fp16 mixed precision "
-    "with a gradient scaler (Lightning precision='16-mixed', torch.amp.GradScaler): the scaler calls "
-    "step() without a closure, and a perturbation computed from scaled or unscaled-after-the-fact "
-    "gradients is wrong. Use precision='bf16-mixed' or '32-true' instead."
+    "{name}.step() needs a closure that clears the gradients, computes the loss, calls backward() and returns "
+    "the loss (the contract of torch.optim.LBFGS): it evaluates the loss at several perturbed parameter points per "
+    "step. It was called without one. For the davda54/sam loop (backward, first_step, backward, second_step) call "
+    "first_step() and second_step() instead of step(). {scaler_hint}"
 )
-
-
-def _check_rho(rho: float | Sequence[float], ascent_steps: int | None, where: str = "rho") -> tuple[float, ...]:
-    if isinstance(rho, (int, float)) and not isinstance(rho, bool):
-        steps = 1 if ascent_steps is None else ascent_steps
-        return (check_positive(where, rho, allow_zero=True),) * steps
-    if isinstance(rho, (str, bytes)) or not isinstance(rho, Iterable):
-        raise TypeError(f"{where} must be a number or a sequence of numbers (one per ascent step), got {type(rho).__name__}")
-    values = tuple(check_positive(f"{where}[{i}]", r, allow_zero=True) for i, r in enumerate(rho))
-    if not values:
-        raise ValueError(f"{where} must not be empty")
-    if ascent_steps is not None and len(values) != ascent_steps:
-        raise ValueError(f"{where} has {len(values)} radii but ascent_steps={ascent_steps}; give one radius per ascent step")
-    return values
+_SCALER_HINT = (
+    "It was called by a GradScaler without a closure (Lightning's precision='16-mixed' does this, as does "
+    "scaler.step(optimizer)): with fp16 use Trainer(plugins=[lightning_wass.SAMMixedPrecision('16-mixed', "
+    "device)]) in Lightning, or optimizer.step(closure, grad_scaler=scaler); scaler.update() in a plain loop."
+)
 
 
 class OTMDR(Optimizer):
@@ -82,35 +88,45 @@ class OTMDR(Optimizer):
             ``perturb=False`` to be stepped but never perturbed (e.g. the sigmas of a Bayesian net).
         base_optimizer: the optimizer class that takes the step (``torch.optim.SGD``, ``Adam``, ...),
             built on the same parameter groups with ``**base_kwargs``.
-        rho: the ball radius, one number (used for every ascent step) or one per ascent step.
-        num_particles: ``K >= 1`` chains, each ending in a final pass; their gradients are averaged.
-        ascent_steps: chain length ``S >= 1`` (default: ``len(rho)`` for a sequence, else 1).
-        noise_std: ``sigma >= 0``, the Langevin noise added after each ascent step.
-        adaptive: ASAM geometry ``T = |theta| + adaptive_eta``.
-        adaptive_eta: the ``eta`` of ASAM (the official OT-MDR and SAM code use 0).
-        chain_direction: ``"summed"`` (official) or ``"current"``, see the module docstring.
-        chunked_ascent: evaluate the ascent passes on disjoint chunks of the batch; needs a closure
-            that calls ``optimizer.current_pass.select(...)`` (a closure that does not gets the
-            whole-batch chain, with a warning).
+        rho: the radius of each ascent step (a number: the same for every step). Stored per group as
+            ``group["rho"]`` (the largest radius, a plain number a schedule may set) and
+            ``group["rho_fractions"]`` (each step's radius as a fraction of it).
+        num_particles: ``K``, the number of chains whose final gradients are combined.
+        ascent_steps: ``S``, the chain length (default ``len(rho)``, or 1 for a number).
+        noise_std: ``sigma``, the Langevin noise added after each ascent step.
+        adaptive, adaptive_eta: ASAM geometry ``T = |theta| + eta``.
+        chain_direction: ``"summed"`` (official) or ``"current"``.
+        chunked_ascent: ascent passes on disjoint chunks of the batch. Default (``None``): on when
+            ``K > 1`` (each particle its own chunks: identical particles would waste K-fold work, so
+            ``K > 1`` with ``chunked_ascent=False`` or ``ascent_steps=1`` is refused), off for ``K = 1``.
+        particle_reduction: how the ``K`` final gradients combine: ``"mean"`` (default; the step size
+            does not depend on ``K``) or ``"sum"`` (what the official ``SAMnChain`` does, mode 1).
+        interval: take the perturbed step every ``interval``-th step and a plain base step (one
+            closure call) otherwise, as MosaicML Composer's SAM does (steps ``interval``,
+            ``2 interval``, ...). ``step(closure)`` only.
         sync_ascent: under DDP, compute the perturbation from gradients averaged over replicas
             (default). ``False``: from each replica's own gradient (the SAM paper's m-sharpness);
             the ascent passes then run inside the context given to :meth:`attach_no_sync`.
-        freeze_norm_stats: keep BatchNorm running statistics unchanged on every pass but the first.
+        freeze_norm_stats: keep BatchNorm running statistics unchanged on every pass but the first
+            (works on ``torch.compile``-d models too).
         seed: seeds the noise and the chunk permutations (with the step number and particle), so a
             resumed run draws the same noise as an uninterrupted one.
-        **base_kwargs: passed to ``base_optimizer`` (``lr``, ``momentum``, ``weight_decay``, ...).
+        **base_kwargs: passed to ``base_optimizer`` (``lr``, ``momentum``, ``weight_decay``, ...);
+            non-finite or negative ``lr`` / ``weight_decay`` and ``momentum`` or ``betas`` outside
+            ``[0, 1)`` are refused here.
 
     Closure contract: ``closure()`` clears the gradients, computes the loss, back-propagates and
-    returns the loss. Before each pass the optimizer resets every ``.grad`` to what it held when
-    ``step`` was entered (``None`` after a previous step of this optimizer, which clears the
-    gradients when it finishes). A closure that does not clear gradients (Lightning's closure on the
-    last micro-batch of ``accumulate_grad_batches``) therefore adds its batch to the micro-batches
-    accumulated before ``step``: every pass then sees the whole accumulated batch, with the earlier
-    micro-batches entering through their gradient at ``theta_0``.
+    returns the loss. Gradients present when ``step`` is entered are the earlier micro-batches of
+    Lightning's ``accumulate_grad_batches`` (added to every pass, whose closure does not clear
+    them), or, in the davda54/sam README form, this batch's gradient at ``theta`` (recognised and
+    used once); see :mod:`lightning_wass.optim._entry_gradients`. Anything ambiguous is refused.
 
-    ``step`` returns the loss of the first pass (at ``theta_0``). A non-finite loss or gradient in any
-    pass raises :class:`~lightning_wass.DivergenceError` naming the step and pass, with the
-    parameters and the base optimizer's state unchanged.
+    ``step`` returns the detached loss of the first pass (at ``theta_0``). Every loss and gradient
+    of the step and the parameters after the base step are checked (one host synchronisation per
+    step): a non-finite one restores the parameters and the base optimizer's state to their values
+    before the step and raises :class:`~lightning_wass.DivergenceError` naming what diverged. With a
+    ``GradScaler`` an inf/NaN gradient instead skips the step and lowers the scale, as
+    ``GradScaler.step`` does.
 
     Example::
 
@@ -126,19 +142,24 @@ class OTMDR(Optimizer):
         loss = optimizer.step(closure)
     """
 
+    # GradScaler.step hands a scaler-aware optimizer its scaler instead of stepping scaled gradients.
+    _step_supports_amp_scaling = True
+
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
         base_optimizer: type[Optimizer] | Callable[..., Optimizer],
         *,
-        rho: float | Sequence[float] = (0.05, 0.1),
+        rho: float | Iterable[float] = (0.05, 0.1),
         num_particles: int = 1,
         ascent_steps: int | None = None,
         noise_std: float = 1e-4,
         adaptive: bool = False,
         adaptive_eta: float = 0.0,
         chain_direction: str = "summed",
-        chunked_ascent: bool = False,
+        chunked_ascent: bool | None = None,
+        particle_reduction: str = "mean",
+        interval: int = 1,
         sync_ascent: bool = True,
         freeze_norm_stats: bool = True,
         seed: int = 0,
@@ -147,18 +168,24 @@ class OTMDR(Optimizer):
         self.num_particles = check_int("num_particles", num_particles, minimum=1)
         if ascent_steps is not None:
             check_int("ascent_steps", ascent_steps, minimum=1)
-        rho_values = _check_rho(rho, ascent_steps)
+        rho_values = options.radii(rho, ascent_steps)
         self.ascent_steps = len(rho_values)
+        self.chunked_ascent = self._check_chunking(chunked_ascent)
         noise_std = check_positive("noise_std", noise_std, allow_zero=True)
         adaptive_eta = check_positive("adaptive_eta", adaptive_eta, allow_zero=True)
         self.chain_direction = check_choice("chain_direction", chain_direction, CHAIN_DIRECTIONS)
-        self.chunked_ascent = bool(chunked_ascent)
+        self.particle_reduction = check_choice("particle_reduction", particle_reduction, PARTICLE_REDUCTIONS)
+        self.interval = check_int("interval", interval, minimum=1)
         self.sync_ascent = bool(sync_ascent)
         self.freeze_norm_stats = bool(freeze_norm_stats)
         self.seed = check_int("seed", seed)
+        options.check_base_kwargs(base_kwargs)
         base_factory = self._check_base_optimizer(base_optimizer)
 
-        defaults = dict(rho=rho_values, adaptive=bool(adaptive), adaptive_eta=adaptive_eta, noise_std=noise_std, perturb=True)
+        largest, fractions = options.split_radii(rho_values)
+        defaults = dict(rho=largest, rho_fractions=fractions, adaptive=bool(adaptive), adaptive_eta=adaptive_eta,
+                        noise_std=noise_std, perturb=True)
+        self._progress = Progress()
         super().__init__(params, defaults)
         self.base_optimizer: Optimizer = base_factory(self.param_groups, **base_kwargs)
         if not isinstance(self.base_optimizer, Optimizer):
@@ -170,15 +197,25 @@ class OTMDR(Optimizer):
         self.param_groups = self.base_optimizer.param_groups
         self.state = self.base_optimizer.state
         self.defaults.update(self.base_optimizer.defaults)
-
-        self.current_pass: PassInfo | None = None
-        self._completed_steps = 0
-        self._no_sync: Callable[[], AbstractContextManager[Any]] | None = None
-        self._selected = False
-        self._warned_unchunked = False
         self._noise_source = P.NoiseSource()
 
     # ------------------------------------------------------------------ construction helpers
+    def _check_chunking(self, chunked_ascent: bool | None) -> bool:
+        K, S = self.num_particles, self.ascent_steps
+        if chunked_ascent is None:
+            chunked_ascent = K > 1
+        if not isinstance(chunked_ascent, bool):
+            raise TypeError(f"chunked_ascent must be True, False or None, got {chunked_ascent!r}")
+        if K > 1 and (not chunked_ascent or S < 2):
+            why = "chunked_ascent=False" if not chunked_ascent else "ascent_steps=1 (one chunk: the whole batch)"
+            raise ValueError(
+                f"num_particles={K} with {why}: every particle would start from the same whole-batch gradient, so the "
+                f"{K} chains would differ only by the noise, at {K} times the cost of one. Use chunked_ascent=True "
+                "(the default for num_particles > 1) with ascent_steps >= 2, so that each particle ascends on its "
+                "own chunks of the batch, or num_particles=1."
+            )
+        return chunked_ascent
+
     @staticmethod
     def _check_base_optimizer(base_optimizer: Any) -> Callable[..., Optimizer]:
         if isinstance(base_optimizer, Optimizer):
@@ -202,11 +239,14 @@ class OTMDR(Optimizer):
         """Add a group, validating its OT-MDR keys (``rho``, ``noise_std``, ``adaptive_eta``)."""
         steps = getattr(self, "ascent_steps", None)
         if "rho" in param_group:
-            param_group["rho"] = _check_rho(param_group["rho"], steps, "param group rho")
+            param_group["rho"], param_group["rho_fractions"] = options.split_radii(
+                options.radii(param_group["rho"], steps, "param group rho")
+            )
         if "noise_std" in param_group:
             param_group["noise_std"] = check_positive("param group noise_std", param_group["noise_std"], allow_zero=True)
         if "adaptive_eta" in param_group:
             param_group["adaptive_eta"] = check_positive("param group adaptive_eta", param_group["adaptive_eta"], allow_zero=True)
+        options.check_base_kwargs({k: v for k, v in param_group.items() if k in ("lr", "momentum", "weight_decay", "betas")})
         super().add_param_group(param_group)
         base = getattr(self, "base_optimizer", None)
         if base is not None and not any(g is param_group for g in base.param_groups):
@@ -222,29 +262,472 @@ class OTMDR(Optimizer):
         """
         if not callable(context):
             raise TypeError(f"context must be a callable returning a context manager, got {type(context).__name__}")
-        self._no_sync = context
+        self._progress.no_sync = context
+
+    def attach_grad_scaler(self, grad_scaler: torch.amp.GradScaler | None) -> None:
+        """Use ``grad_scaler`` for every step that is not given one (``None`` detaches).
+
+        :class:`~lightning_wass.SAMMixedPrecision` attaches its scaler, so that the two-step API in a
+        manual-optimization ``training_step`` unscales each pass too.
+        """
+        scaling.check_scaler(grad_scaler)
+        self._progress.grad_scaler = grad_scaler
+
+    # ------------------------------------------------------------------ read-only views of the progress
+    @property
+    def current_pass(self) -> PassInfo | None:
+        """The pass the closure is evaluating (``None`` outside ``step``); see :class:`PassInfo`."""
+        return self._progress.current_pass
+
+    @property
+    def completed_steps(self) -> int:
+        """Steps taken (skipped fp16 steps not counted)."""
+        return self._progress.completed_steps
+
+    @property
+    def last_step_skipped(self) -> bool:
+        """Whether the last step was skipped because a GradScaler found an inf/NaN gradient."""
+        return self._progress.last_step_skipped
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self._progress.zero_grad_calls += 1
+        super().zero_grad(set_to_none)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         """The base optimizer's state and hyperparameters (shared) plus OT-MDR's step counter."""
         state = super().state_dict()
-        state["otmdr"] = {"completed_steps": self._completed_steps}
+        state["otmdr"] = {"completed_steps": self._progress.completed_steps, "skipped_steps": self._progress.skipped_steps}
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict saved by a SAM-family optimizer; a plain / davda54 one is refused (``ValueError``)."""
+        options.check_loaded_groups(state_dict, type(self).__name__)
         state_dict = dict(state_dict)
         extra = state_dict.pop("otmdr", {})
         super().load_state_dict(state_dict)
+        for i, group in enumerate(self.param_groups):
+            if "rho_fractions" not in group:  # saved before rho became one number per group
+                group["rho"], group["rho_fractions"] = options.split_radii(
+                    options.radii(group["rho"], self.ascent_steps, f"param group {i} rho")
+                )
         self.base_optimizer.param_groups = self.param_groups
         self.base_optimizer.state = self.state
-        self._completed_steps = int(extra.get("completed_steps", 0))
+        self._progress.completed_steps = int(extra.get("completed_steps", 0))
+        self._progress.skipped_steps = int(extra.get("skipped_steps", 0))
 
-    # ------------------------------------------------------------------ the step
+    # ------------------------------------------------------------------ the closure form
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None, grad_scaler: torch.amp.GradScaler | None = None) -> Tensor:  # type: ignore[override]
+        """One step: ``1 + K S`` closure calls (see the module docstring), then the base step.
+
+        Args:
+            closure: clears the gradients, computes the loss, back-propagates, returns the loss.
+            grad_scaler: fp16 loss scaling: the closure back-propagates ``grad_scaler.scale(loss)``;
+                every pass is unscaled before it is used, and an inf/NaN gradient skips the step.
+                Call ``grad_scaler.update()`` after the step. ``grad_scaler.step(optimizer, closure)``
+                passes itself here.
+        """
+        given = closure
+        closure = self._check_closure(closure, grad_scaler)
+        run = self._begin(grad_scaler, two_step=False)
+        run.lightning_accumulation = entry_grads.is_lightning_accumulation(given)
+        try:
+            if not self._perturbs(run.step_number):
+                run.loss = self._pass(run, closure, self._info(run, 0, None, perturbed=False), ascent=False)
+                run.add_final(run.gradients())
+            else:
+                run.loss = self._pass(run, closure, self._info(run, 0, 0, perturbed=False), ascent=True)
+                g0 = run.gradients()
+                if all(g is None for g in g0):
+                    raise RuntimeError(f"{run.where}: the closure produced no gradients; it must call backward() on the loss it returns")
+                self._check_chunks_honoured(run)
+                with frozen_running_stats() if self.freeze_norm_stats else nullcontext():
+                    for k in range(self.num_particles):
+                        run.add_final(self._particle_chain(run, closure, k, g0 if k == 0 else None))
+                        run.kept.keep("final", run.final_sum)
+                g0 = None
+            self._finish(run)
+            return run.loss.detach()
+        except BaseException:
+            run.restore_theta()
+            raise
+        finally:
+            self._end(run)
+            for p in run.params:
+                p.grad = None
+
+    def _particle_chain(self, run: StepRun, closure: Callable[[], Any], k: int, g_start: Grads | None) -> Grads:
+        """One particle's chain from ``theta_0``: ``S`` ascent steps, then the final pass; its gradient."""
+        if k > 0:
+            run.restore_theta()
+            self._pass(run, closure, self._info(run, k, 0, perturbed=False), ascent=True)
+            g_start = run.gradients()
+        assert g_start is not None
+        grads, history = g_start, []
+        for s in range(self.ascent_steps):
+            history = self._ascend_chain(run, grads, history, k, s)
+            run.kept.keep("history", [g for term in history for g in term if g is not None])
+            if s + 1 < self.ascent_steps:
+                self._pass(run, closure, self._info(run, k, s + 1, perturbed=True), ascent=True)
+                grads = run.gradients()
+        run.kept.keep("history", None)
+        self._pass(run, closure, self._info(run, k, None, perturbed=True), ascent=False)
+        return run.gradients()
+
+    def _ascend_chain(self, run: StepRun, grads: Grads, history: list[Grads], k: int, s: int) -> list[Grads]:
+        """Ascent step ``s`` of particle ``k`` from ``grads``; returns the chain's gradients so far."""
+        terms = history + [grads] if self.chain_direction == "summed" else [grads]
+        seed = P.mix_seed(self.seed, run.step_number, k, s, 0, self._seed_rank())
+        norm = self.ascend(grads, terms, s, seed)
+        run.check(f"the gradient norm of particle {k}, ascent step {s}", norm)
+        return terms if self.chain_direction == "summed" else []
+
+    # ------------------------------------------------------------------ the ascent rule
+    def ascend(self, gradient: Grads, direction_terms: list[Grads], ascent_step: int, noise_seed: int) -> Tensor:
+        """One normalised ascent step on every perturbable group, in place::
+
+            theta <- theta + rho_s T^2 (sum of direction_terms) / ||T gradient|| + sigma xi
+
+        with one norm over all perturbable groups, ``rho_s = group["rho"] * group["rho_fractions"][s]``
+        and ``xi ~ N(0, I)`` drawn from ``noise_seed``. Lists are aligned with the parameters of
+        ``self.param_groups`` (flattened); ``None`` entries count as zero. Returns ``||T gradient||``
+        (a 0-d tensor). Override to change the ascent rule.
+        """
+        params = [p for group in self.param_groups for p in group["params"]]
+        device = params[0].device if params else torch.device("cpu")
+        squares = torch.zeros((), device=device)
+        work = []
+        start = 0
+        for j, group in enumerate(self.param_groups):
+            count = len(group["params"])
+            idx = range(start, start + count)
+            start += count
+            if not group["perturb"]:
+                continue
+            live = [i for i in idx if gradient[i] is not None]
+            ps = [params[i] for i in live]
+            t = P.scaling(ps, group["adaptive"], group["adaptive_eta"])
+            squares = squares + P.sum_of_squares([gradient[i] for i in live], t, device)  # type: ignore[misc]
+            radius = options.group_radius(group, j, ascent_step, self.ascent_steps)
+            work.append((j, group, ps, [[term[i] for i in live] for term in direction_terms], t, radius))
+        norm = squares.sqrt()
+        host_norm = float(norm) if device.type == "cpu" else None  # reading it back is free on CPU
+        for j, group, ps, term_lists, t, radius in work:
+            if host_norm is not None:
+                P.ascend_terms_(ps, term_lists, radius / (host_norm + P.EPS), t)
+            else:
+                P.ascend_(ps, P.sum_terms(term_lists), radius / (norm + P.EPS), t)
+            self._noise_source.add_(ps, group["noise_std"], P.mix_seed(noise_seed, j))
+        return norm
+
+    # ------------------------------------------------------------------ the two-step API
+    @torch.no_grad()
+    def first_step(self, zero_grad: bool = False, grad_scaler: torch.amp.GradScaler | None = None) -> None:
+        """Ascent step from the gradient now in ``.grad`` (davda54/sam and the official code's ``first_step``).
+
+        The davda54/sam loop runs unchanged::
+
+            loss_fn(model(x), y).backward()
+            optimizer.first_step(zero_grad=True)      # theta -> theta + e(theta)
+            loss_fn(model(x), y).backward()
+            optimizer.second_step(zero_grad=True)     # back to theta, base step with grad L(theta + e)
+
+        For OT-MDR, call it after the backward of each of the ``S`` ascent passes of a particle
+        (the official ``first_step`` / ``first_step_grad``), then :meth:`second_step` after the
+        particle's final backward; with ``K`` particles repeat that ``K`` times (each particle
+        starts again at ``theta``: back-propagate its first chunk there). ``zero_grad=False`` keeps
+        ``.grad``, so the next backward adds to it (as in davda54/sam). BatchNorm statistics are
+        frozen from the first ``first_step`` of a step to its last ``second_step``. With fp16 give
+        the ``grad_scaler`` that scaled the losses (or :meth:`attach_grad_scaler` it).
+        """
+        run = self._progress.run
+        if run is None:
+            run = self._begin(grad_scaler, two_step=True)
+        name = type(self).__name__
+        s, k = run.ascent_step, run.particle
+        if s >= self.ascent_steps:
+            self._cancel(run)
+            raise RuntimeError(
+                f"{name}.first_step() was called {s + 1} times for particle {k}, but ascent_steps={self.ascent_steps}: "
+                "call second_step() after the backward of the particle's final pass. The step was cancelled and the "
+                "parameters restored."
+            )
+        grads = self._two_step_gradients(run, f"ascent step {s} of particle {k}", keep=not zero_grad)
+        run.history = self._ascend_chain(run, grads, run.history, k, s)
+        run.ascent_step += 1
+        if self.freeze_norm_stats and run.frozen is None:
+            run.frozen = ExitStack()
+            run.frozen.enter_context(frozen_running_stats())
+        if zero_grad:
+            self.zero_grad()
+
+    @torch.no_grad()
+    def second_step(self, zero_grad: bool = False, grad_scaler: torch.amp.GradScaler | None = None) -> None:
+        """Back to ``theta`` and, after the ``K``-th particle, the base step with the gradient now in ``.grad``.
+
+        davda54/sam's ``second_step``: the gradient stepped is whatever ``.grad`` holds after the
+        final backward. With ``K > 1`` particles each call ends one particle's chain (the official
+        ``save_grad``): its gradient is kept, the parameters return to ``theta`` and ``.grad`` is
+        cleared; the ``K``-th call combines the ``K`` gradients (``particle_reduction``) and steps
+        (the official ``second_step``). After the base step ``.grad`` holds the gradient that was
+        stepped unless ``zero_grad=True``.
+        """
+        name = type(self).__name__
+        run = self._progress.run
+        if run is None:
+            raise RuntimeError(f"{name}.second_step() was called without first_step(): call first_step() after the first backward")
+        if run.ascent_step < self.ascent_steps:
+            done = run.ascent_step
+            self._cancel(run)
+            raise RuntimeError(
+                f"{name}.second_step() was called after {done} of the {self.ascent_steps} ascent steps of particle "
+                f"{run.particle} (ascent_steps={self.ascent_steps}): call first_step() after each ascent pass. The step "
+                "was cancelled and the parameters restored."
+            )
+        # K > 1: a copy, since the next particle's passes may reuse the gradient buffers (DDP bucket views)
+        final = self._two_step_gradients(run, f"the final pass of particle {run.particle}", keep=self.num_particles > 1)
+        run.add_final(final)
+        run.restore_theta()
+        if run.particle + 1 < self.num_particles:
+            run.particle += 1
+            run.ascent_step = 0
+            run.history = []
+            for p in run.params:
+                p.grad = None
+            return
+        try:
+            run.release()
+            self._finish(run)
+        finally:
+            self._end(run)
+        if zero_grad:
+            self.zero_grad()
+
+    def cancel_step(self) -> None:
+        """Abandon a two-step step in progress: parameters back to ``theta``, BatchNorm statistics released."""
+        run = self._progress.run
+        if run is not None:
+            self._cancel(run)
+
+    def _two_step_gradients(self, run: StepRun, label: str, keep: bool) -> Grads:
+        if run.scaling is not None:
+            run.scaling.unscale_present()
+        grads = run.gradients()
+        if all(g is None for g in grads):
+            self._cancel(run)
+            raise RuntimeError(f"{run.where}: no gradients in .grad for {label}: call backward() before first_step() / second_step()")
+        present = [g for g in grads if g is not None]
+        run.check(f"the gradient of {label}", torch.stack([n.to(run.device) for n in torch._foreach_norm(present)]).norm())
+        if keep:  # the caller keeps .grad, so the next backward would add to it in place
+            grads = [None if g is None else g.clone() for g in grads]
+        return grads
+
+    def _cancel(self, run: StepRun) -> None:
+        run.restore_theta()
+        self._end(run)
+
+    # ------------------------------------------------------------------ one pass
+    def _pass(self, run: StepRun, closure: Callable[[], Any], info: PassInfo, ascent: bool) -> Tensor:
+        """Evaluate the closure once: gradients reset to the entry ones, unscaled, checked."""
+        self._progress.current_pass = info
+        for p, g in zip(run.params, run.entry):
+            p.grad = None if g is None else g.clone()
+        run.pass_count += 1
+        classify = info.index == 0 and run.has_entry_gradients
+        if classify:  # weak references: a strong one would make autograd accumulate out of place
+            zero_grad_calls = self._progress.zero_grad_calls
+            handed = [None if p.grad is None else weakref.ref(p.grad) for p in run.params]
+        if run.scaling is not None:
+            run.scaling.begin_pass()
+        with self._ascent_context()() if ascent else nullcontext():
+            value = closure()
+        if classify:
+            self._classify_entry(run, self._progress.zero_grad_calls != zero_grad_calls, handed)
+        if run.scaling is not None:
+            run.scaling.unscale_pass()
+        loss = self._as_loss(value)
+        run.check(f"the loss of {self._describe(info)}", loss)
+        run.kept.check(run.gradients())
+        return loss
+
+    def _classify_entry(self, run: StepRun, zero_grad_called: bool, handed: list[Any]) -> None:
+        """Decide what the gradients present at ``step`` entry mean (see ``_entry_gradients``)."""
+        after = run.gradients()
+        replaced = any(a is not h() for a, h in zip(after, handed) if h is not None)
+        if zero_grad_called or replaced:
+            run.entry = [None] * len(run.params)  # a clearing closure: the entry gradients play no part
+        elif run.lightning_accumulation:
+            return  # accumulation window: every pass adds to the earlier micro-batches
+        elif entry_grads.added_exactly_the_entry(after, run.entry):
+            for a, e in zip(after, run.entry):
+                if a is not None and e is not None:
+                    a.sub_(e)
+            run.entry = [None] * len(run.params)
+            if "duplicate" not in self._progress.warned:
+                self._progress.warned.add("duplicate")
+                warnings.warn(
+                    f"{type(self).__name__}.step(closure) was called after a backward of the same batch (the davda54/sam "
+                    "README form): that gradient equals the closure's first pass, so it is used once. Drop the backward "
+                    "before step() to save one forward-backward per step.",
+                    stacklevel=4,
+                )
+        else:
+            raise RuntimeError(entry_grads.AMBIGUOUS.format(where=run.where))
+
+    def _info(self, run: StepRun, particle: int, ascent_step: int | None, perturbed: bool) -> PassInfo:
+        """The next pass's description (its index is the number of passes so far)."""
+        use_chunks = self.chunked_ascent and ascent_step is not None and self._perturbs(run.step_number)
+        return PassInfo(
+            index=run.pass_count,
+            particle=particle,
+            ascent_step=ascent_step,
+            perturbed=perturbed,
+            chunk=ascent_step if use_chunks else None,
+            num_chunks=self.ascent_steps if use_chunks else None,
+            step=run.step_number,
+            permutation_seed=(
+                P.mix_seed(self.seed, run.step_number, particle, 104729, self._seed_rank())
+                if use_chunks and self.num_particles > 1 else None
+            ),
+            _on_select=self._mark_selected,
+        )
+
+    def _mark_selected(self) -> None:
+        self._progress.selected = True
+
+    def _check_chunks_honoured(self, run: StepRun) -> None:
+        if not self.chunked_ascent or self._progress.selected:
+            return
+        if self.num_particles > 1:
+            raise RuntimeError(
+                f"{run.where}: num_particles={self.num_particles}, but the closure evaluates the whole batch on every pass "
+                "(it did not call optimizer.current_pass.select(...)), so every particle would start from the same "
+                "gradient. Restrict the batch in the closure: x, y = optimizer.current_pass.select(x, y). The parameters "
+                "were left unchanged."
+            )
+        if "unchunked" not in self._progress.warned:
+            self._progress.warned.add("unchunked")
+            warnings.warn(
+                f"{type(self).__name__}(chunked_ascent=True): the closure did not call optimizer.current_pass.select(...), "
+                "so every pass evaluates the whole batch (the whole-batch chain).",
+                stacklevel=3,
+            )
+
+    # ------------------------------------------------------------------ beginning and end of a step
+    def _check_closure(self, closure: Any, grad_scaler: Any) -> Callable[[], Any]:
+        name = type(self).__name__
+        if self._progress.run is not None and self._progress.run.two_step:
+            raise RuntimeError(
+                f"{name}.step() was called while a first_step() / second_step() step is in progress: finish it with "
+                "second_step() or call cancel_step()"
+            )
+        if closure is None:
+            hint = _SCALER_HINT if grad_scaler is not None or hasattr(self, "grad_scale") else ""
+            raise RuntimeError(_NO_CLOSURE.format(name=name, scaler_hint=hint).strip())
+        if not callable(closure):
+            raise TypeError(f"closure must be callable (it computes and back-propagates the loss), got {type(closure).__name__}")
+        if grad_scaler is None and hasattr(self, "grad_scale") and self._progress.grad_scaler is None:
+            raise RuntimeError(
+                f"{name}.step was called by a GradScaler that did not pass itself, so the passes of the step cannot be "
+                "unscaled one by one: call optimizer.step(closure, grad_scaler=scaler) and then scaler.update()."
+            )
+        return torch.enable_grad()(closure)
+
+    def _begin(self, grad_scaler: Any, two_step: bool) -> StepRun:
+        scaling.check_scaler(grad_scaler)
+        params = [p for group in self.param_groups for p in group["params"]]
+        perturb = [bool(group["perturb"]) for group in self.param_groups for _ in group["params"]]
+        step_number = self._progress.completed_steps + 1
+        run = StepRun(params, perturb, step_number, f"{type(self).__name__} step {step_number}", self._progress)
+        scaler = grad_scaler if grad_scaler is not None else self._progress.grad_scaler
+        if scaling.is_active(scaler):
+            run.scaling = scaling.ScaledPasses(scaler, self)
+        run.two_step = two_step
+        self._progress.selected = False
+        self._progress.last_step_skipped = False
+        self._progress.run = run
+        return run
+
+    def _end(self, run: StepRun) -> None:
+        run.release()
+        self._progress.current_pass = None
+        self._progress.run = None
+
+    def _perturbs(self, step_number: int) -> bool:
+        return step_number % self.interval == 0
+
+    def _finish(self, run: StepRun) -> None:
+        """Back to ``theta_0``, combine the particles, take the base step, then check everything once.
+
+        On a non-finite value the parameters and the base optimizer's state return to their values
+        before the step: with a GradScaler that found an inf the step is skipped (the scale is
+        lowered by the user's ``scaler.update()``), otherwise :class:`DivergenceError` is raised.
+        """
+        run.restore_theta()
+        final = run.final_sum
+        assert final is not None
+        present = [g for g in final if g is not None]
+        if self.num_particles > 1 and self.particle_reduction == "mean" and present:
+            torch._foreach_mul_(present, 1.0 / self.num_particles)
+        for p, g in zip(run.params, final):
+            p.grad = g
+        snapshot = self._progress.state_snapshot
+        snapshot.save(self.base_optimizer, run.params)
+        self.base_optimizer.step()
+        bad_checks, bad_params, found_inf, bad_loss = self._verdict(run, present)
+        if found_inf and not bad_loss:
+            run.restore_all()
+            snapshot.restore(self.base_optimizer)
+            self._progress.skipped_steps += 1
+            self._progress.last_step_skipped = True
+            return
+        if bad_checks or bad_params or found_inf:
+            run.restore_all()
+            snapshot.restore(self.base_optimizer)
+            self._raise_divergence(run, bad_params and not bad_checks)
+        self._progress.completed_steps += 1
+
+    def _verdict(self, run: StepRun, stepped: list[Tensor]) -> tuple[bool, bool, bool, bool]:
+        """(a check is non-finite, a parameter is non-finite, the scaler found an inf, the loss at theta is
+        non-finite), read back in one host synchronisation."""
+        if stepped:
+            run.check("the gradient that was stepped", torch.stack([n.to(run.device) for n in torch._foreach_norm(stepped)]).norm())
+        flags = [torch.zeros((), dtype=torch.bool, device=run.device)] * 4
+        if run.checks:
+            flags[0] = ~torch.isfinite(torch.stack([value for _, value in run.checks])).all()
+        if run.params:
+            norms = torch.stack([n.to(run.device).float() for n in torch._foreach_norm(run.params)])
+            flags[1] = ~torch.isfinite(norms).all()
+        if run.scaling is not None:
+            if not self.sync_ascent:
+                run.scaling.agree_across_replicas()
+            flags[2] = run.scaling.found_inf.to(run.device) > 0
+            run.scaling.finish()
+        if run.loss is not None:
+            flags[3] = ~torch.isfinite(run.loss.detach().float()).all()
+        return tuple(bool(v) for v in torch.stack(flags).tolist())  # type: ignore[return-value]
+
+    def _raise_divergence(self, run: StepRun, params_only: bool) -> None:
+        restored = "the parameters and the base optimizer's state were restored to their values before this step"
+        if params_only:
+            lrs = sorted({group.get("lr") for group in self.param_groups}, key=str)
+            raise DivergenceError(
+                f"{run.where}: the base optimizer's step turned finite gradients into non-finite parameters "
+                f"(lr={lrs[0] if len(lrs) == 1 else lrs}); {restored}. Lower the learning rate (check what a scheduler sets)."
+            )
+        hint = f"{restored}; lower the learning rate or rho, check the data, or use a more stable loss"
+        for what, value in run.checks:
+            if not bool(torch.isfinite(value)):
+                raise DivergenceError(f"{what} in {run.where} is not finite ({float(value)}); {hint}")
+        raise DivergenceError(f"a non-finite value appeared in {run.where}; {hint}")  # pragma: no cover
+
+    # ------------------------------------------------------------------ small helpers
     def _ascent_context(self) -> Callable[[], AbstractContextManager[Any]]:
         if self.sync_ascent:
             return nullcontext
-        if self._no_sync is not None:
-            return self._no_sync
+        if self._progress.no_sync is not None:
+            return self._progress.no_sync
         if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
             raise RuntimeError(
                 f"{type(self).__name__}(sync_ascent=False) computes the perturbation from each replica's own gradient, "
@@ -255,192 +738,22 @@ class OTMDR(Optimizer):
             )
         return nullcontext
 
-    def _rank(self) -> int:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_rank()
-        return 0
+    def _seed_rank(self) -> int:
+        """The rank mixed into the seeds when replicas perturb on their own gradients (else 0)."""
+        if self.sync_ascent or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return 0
+        return torch.distributed.get_rank()
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Tensor:  # type: ignore[override]
-        """One OT-MDR step: ``(ascent passes + 1 final pass) x K`` closure calls, then the base step."""
-        name = type(self).__name__
-        if closure is None:
-            raise RuntimeError(_NO_CLOSURE.format(name=name))
-        if not callable(closure):
-            raise TypeError(f"closure must be callable (it computes and back-propagates the loss), got {type(closure).__name__}")
-        closure = torch.enable_grad()(closure)
-        step_number = self._completed_steps + 1
-        where = f"{name} step {step_number}"
-        ascent_context = self._ascent_context()
-        per_replica = not self.sync_ascent
-        seed_rank = self._rank() if per_replica else 0
+    def unscale_pass_gradients(self) -> None:
+        """Unscale the gradients of the pass that just back-propagated, now (fp16 with a GradScaler).
 
-        params = [p for group in self.param_groups for p in group["params"]]
-        layout: list[tuple[dict[str, Any], list[int]]] = []
-        start = 0
-        for group in self.param_groups:
-            count = len(group["params"])
-            if group["perturb"]:
-                layout.append((group, list(range(start, start + count))))
-            start += count
-        perturbable = [params[i] for _, idx in layout for i in idx]
-        entry = [p.grad for p in params]
-        device = params[0].device if params else torch.device("cpu")
-        checks: list[tuple[str, Tensor]] = []
-        K, S = self.num_particles, self.ascent_steps
-        summed = self.chain_direction == "summed"
-        kept = _KeptGradients()  # gradients kept across passes, checked against aliasing by later passes
-        noise = self._noise_source
-
-        def run_pass(info: PassInfo, ascent: bool) -> Tensor:
-            self.current_pass = info
-            for p, g in zip(params, entry):
-                p.grad = None if g is None else g.clone()
-            with ascent_context() if ascent else nullcontext():
-                value = closure()
-            loss = self._as_loss(value)
-            label = self._describe(info)
-            checks.append((f"the loss of {label}", loss.detach().float().reshape(()).to(device)))
-            kept.check([p.grad for p in params])
-            return loss
-
-        def ascend(s: int, grads: list[Tensor | None], history: list[list[Tensor | None]], particle: int, label: str):
-            """Ascent step ``s`` from the gradient ``grads`` at the current point; ``history`` holds the
-            chain's earlier gradients (the summed direction adds them). Returns the new history."""
-            terms = history + [grads] if summed else [grads]
-            squares = torch.zeros((), device=device)
-            work = []
-            for group, idx in layout:
-                live = [i for i in idx if grads[i] is not None]
-                ps = [params[i] for i in live]
-                gs = [grads[i] for i in live]  # type: ignore[misc]
-                t = P.scaling(ps, group["adaptive"], group["adaptive_eta"])
-                squares = squares + P.sum_of_squares(gs, t, device)
-                work.append((group, ps, [[term[i] for i in live] for term in terms], t))
-            norm = squares.sqrt()
-            checks.append((f"the gradient norm of {label}", norm))
-            host_norm = float(norm) if device.type == "cpu" else None  # reading it back is free on CPU
-            for j, (group, ps, term_lists, t) in enumerate(work):
-                rho = group["rho"][s]
-                if host_norm is not None:
-                    P.ascend_terms_(ps, term_lists, rho / (host_norm + P.EPS), t)
-                else:
-                    P.ascend_(ps, P.sum_terms(term_lists), rho / (norm + P.EPS), t)
-                noise.add_(ps, group["noise_std"], P.mix_seed(self.seed, step_number, particle, s, j, seed_rank))
-            return terms
-
-        def grads_now() -> list[Tensor | None]:
-            return [p.grad for p in params]
-
-        chunked = self.chunked_ascent and S > 1
-
-        def info_for(index: int, particle: int, ascent_step: int | None, perturbed: bool) -> PassInfo:
-            use_chunks = chunked and ascent_step is not None
-            return PassInfo(
-                index=index,
-                particle=particle,
-                ascent_step=ascent_step,
-                perturbed=perturbed,
-                chunk=ascent_step if use_chunks else None,
-                num_chunks=S if use_chunks else None,
-                step=step_number,
-                permutation_seed=P.mix_seed(self.seed, step_number, particle, 104729, seed_rank) if use_chunks and K > 1 else None,
-                _on_select=self._mark_selected,
-            )
-
-        theta0: list[Tensor] = []
-        finished = False
-        try:
-            self._selected = False
-            index = 0
-            loss0 = run_pass(info_for(index, 0, 0, False), ascent=True)
-            g0 = grads_now()
-            if all(g is None for g in g0):
-                raise RuntimeError(
-                    f"{where}: the closure produced no gradients; it must call backward() on the loss it returns"
-                )
-            if chunked and not self._selected:
-                chunked = False
-                if not self._warned_unchunked:
-                    self._warned_unchunked = True
-                    warnings.warn(
-                        f"{name}(chunked_ascent=True): the closure did not call optimizer.current_pass.select(...), "
-                        "so every pass evaluates the whole batch (the whole-batch chain).",
-                        stacklevel=2,
-                    )
-            kept.set("g0", g0 if K > 1 and not chunked else None)
-            theta0 = self._snapshot(perturbable)
-            final_sum: list[Tensor | None] | None = None
-            with ExitStack() as stack:
-                if self.freeze_norm_stats:
-                    stack.enter_context(frozen_running_stats())
-                for k in range(K):
-                    if k > 0:
-                        torch._foreach_copy_(perturbable, theta0)
-                        if chunked:
-                            index += 1
-                            run_pass(info_for(index, k, 0, False), ascent=True)
-                            g_start = grads_now()
-                        else:
-                            g_start = g0
-                    else:
-                        g_start = g0
-                    history = ascend(0, g_start, [], k, f"pass {index} (particle {k}, ascent step 0)")
-                    g_start = None
-                    if kept.get("g0") is None:
-                        g0 = None  # not needed by later particles: let it be freed
-                    for s in range(1, S):
-                        kept.set("history", [g for term in history for g in term] if summed else None)
-                        index += 1
-                        run_pass(info_for(index, k, s, True), ascent=True)
-                        history = ascend(s, grads_now(), history, k, f"pass {index} (particle {k}, ascent step {s})")
-                    kept.set("history", None)
-                    history = []
-                    index += 1
-                    run_pass(info_for(index, k, None, True), ascent=False)
-                    final_sum = self._accumulate(final_sum, grads_now())
-                    kept.set("final", final_sum)
-                kept.clear()
-                g0 = None
-                torch._foreach_copy_(perturbable, theta0)
-            assert final_sum is not None
-            present = [g for g in final_sum if g is not None]
-            if K > 1 and present:
-                torch._foreach_mul_(present, 1.0 / K)
-            if present:
-                final_norm = torch.stack([n.to(device) for n in torch._foreach_norm(present)]).float().square().sum()
-                checks.append(("the averaged gradient of the final passes", final_norm))
-            self._raise_if_nonfinite(checks, where)
-            for p, g in zip(params, final_sum):
-                p.grad = g
-            self.base_optimizer.step()
-            finished = True
-        finally:
-            if not finished and theta0:
-                torch._foreach_copy_(perturbable, theta0)
-            self.current_pass = None
-            for p in params:
-                p.grad = None
-        self._completed_steps += 1
-        return loss0
-
-    # ------------------------------------------------------------------ helpers
-    def _snapshot(self, params: list[Tensor]) -> list[Tensor]:
-        """Copy ``params`` into buffers kept between steps (allocating fresh memory every step costs
-        more than the copy on CPU); rebuilt when the parameters' shapes, dtypes or devices change."""
-        if not params:
-            return []
-        buffers = getattr(self, "_theta0_buffers", None)
-        if buffers is None or len(buffers) != len(params) or any(
-            b.shape != p.shape or b.dtype != p.dtype or b.device != p.device for b, p in zip(buffers, params)
-        ):
-            buffers = [torch.empty_like(p, memory_format=torch.preserve_format) for p in params]
-            self._theta0_buffers = buffers
-        torch._foreach_copy_(buffers, params)
-        return buffers
-
-    def _mark_selected(self) -> None:
-        self._selected = True
+        Each pass is unscaled right after the closure returns; a closure (or a precision plugin)
+        that clips or inspects its gradients first calls this (or ``scaler.unscale_(optimizer)``).
+        Without a scaler, or when already done for this pass, it does nothing.
+        """
+        run = self._progress.run
+        if run is not None and run.scaling is not None:
+            run.scaling.unscale_pass()
 
     @staticmethod
     def _describe(info: PassInfo) -> str:
@@ -463,67 +776,3 @@ class OTMDR(Optimizer):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return torch.tensor(float(value))
         raise TypeError(f"closure must return the loss as a scalar tensor or number, got {type(value).__name__}")
-
-    @staticmethod
-    def _accumulate(total: list[Tensor | None] | None, grads: list[Tensor | None]) -> list[Tensor | None]:
-        if total is None:
-            return list(grads)
-        both = [i for i, (t, g) in enumerate(zip(total, grads)) if t is not None and g is not None]
-        if both:
-            torch._foreach_add_([total[i] for i in both], [grads[i] for i in both])  # type: ignore[misc]
-        for i, (t, g) in enumerate(zip(total, grads)):
-            if t is None and g is not None:
-                total[i] = g
-        return total
-
-    @staticmethod
-    def _raise_if_nonfinite(checks: list[tuple[str, Tensor]], where: str) -> None:
-        values = torch.stack([value for _, value in checks])
-        if bool(torch.isfinite(values).all()):
-            return
-        hint = (
-            "the parameters and the base optimizer's state were left unchanged; lower the learning rate or rho, "
-            "check the data, or use a more stable loss"
-        )
-        for what, value in checks:
-            raise_if_diverged(what, value, where=where, hint=hint)
-        raise DivergenceError(f"a non-finite value appeared in {where}; {hint}")  # pragma: no cover
-
-
-class _KeptGradients:
-    """The gradient lists OT-MDR keeps across passes, with their data pointers.
-
-    A later pass whose gradients share memory with a kept one would overwrite it (this happens with
-    ``DistributedDataParallel(gradient_as_bucket_view=True)``); :meth:`check` refuses that.
-    """
-
-    def __init__(self) -> None:
-        self._lists: dict[str, list[Tensor | None]] = {}
-        self._pointers: dict[str, set[int]] = {}
-
-    def set(self, name: str, tensors: list[Tensor | None] | None) -> None:
-        if tensors is None:
-            self._lists.pop(name, None)
-            self._pointers.pop(name, None)
-            return
-        self._lists[name] = tensors
-        self._pointers[name] = {t.data_ptr() for t in tensors if t is not None and t.numel()}
-
-    def get(self, name: str) -> list[Tensor | None] | None:
-        return self._lists.get(name)
-
-    def clear(self) -> None:
-        self._lists.clear()
-        self._pointers.clear()
-
-    def check(self, grads: list[Tensor | None]) -> None:
-        pointer_sets = [s for s in self._pointers.values() if s]
-        if not pointer_sets:
-            return
-        for g in grads:
-            if g is not None and g.numel() and any(g.data_ptr() in s for s in pointer_sets):
-                raise RuntimeError(
-                    "the gradients of two passes share memory, so OT-MDR cannot keep one pass's gradient while "
-                    "computing the next. This happens with DistributedDataParallel(gradient_as_bucket_view=True): "
-                    "use gradient_as_bucket_view=False (the default)."
-                )

@@ -1,0 +1,74 @@
+"""Undo a base-optimizer step whose result is not finite.
+
+A SAM-family step checks every loss and gradient it computed, but a finite gradient can still give
+non-finite parameters (an ``lr`` a scheduler set to ``inf``, an update that overflows). So the
+parameters and the base optimizer's per-parameter state are copied before the base step and put
+back if anything in the step (or the parameters after it) is not finite. The copies live in
+buffers kept between steps (one ``_foreach_copy_`` each way): allocating fresh memory every step
+costs more than the copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+
+def _matching(buffers: list[Tensor] | None, tensors: Sequence[Tensor]) -> bool:
+    return buffers is not None and len(buffers) == len(tensors) and all(
+        b.shape == t.shape and b.dtype == t.dtype and b.device == t.device for b, t in zip(buffers, tensors)
+    )
+
+
+def copy_into(buffers: list[Tensor] | None, tensors: Sequence[Tensor]) -> list[Tensor]:
+    """Copy ``tensors`` into ``buffers`` (re-allocated when shapes, dtypes or devices changed)."""
+    tensors = list(tensors)
+    if not tensors:
+        return []
+    if not _matching(buffers, tensors):
+        buffers = [torch.empty_like(t, memory_format=torch.preserve_format) for t in tensors]
+    torch._foreach_copy_(buffers, [t.detach() for t in tensors])
+    return buffers  # type: ignore[return-value]
+
+
+class StateSnapshot:
+    """The base optimizer's per-parameter state, saved before its step and restorable after it."""
+
+    def __init__(self) -> None:
+        self._buffers: list[Tensor] | None = None
+        self._layout: list[tuple[Tensor, dict[str, Any] | None]] = []
+
+    def save(self, optimizer: Optimizer, params: Sequence[Tensor]) -> None:
+        """Remember ``optimizer.state[p]`` for every ``p`` (tensors copied, other values kept as they are)."""
+        layout: list[tuple[Tensor, dict[str, Any] | None]] = []
+        tensors: list[Tensor] = []
+        for p in params:
+            state = optimizer.state.get(p)
+            if state is None:
+                layout.append((p, None))
+                continue
+            entry: dict[str, Any] = {}
+            for key, value in state.items():
+                if isinstance(value, Tensor):
+                    entry[key] = len(tensors)
+                    tensors.append(value)
+                else:
+                    entry[key] = ("value", value)
+            layout.append((p, entry))
+        self._buffers = copy_into(self._buffers, tensors)
+        self._layout = layout
+
+    def restore(self, optimizer: Optimizer) -> None:
+        """Put the saved state back (state created by the step is removed)."""
+        buffers = self._buffers or []
+        for p, entry in self._layout:
+            if entry is None:
+                optimizer.state.pop(p, None)
+                continue
+            optimizer.state[p] = {
+                key: (value[1] if isinstance(value, tuple) else buffers[value].clone()) for key, value in entry.items()
+            }
