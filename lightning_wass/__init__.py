@@ -25,7 +25,8 @@ from lightning_wass.modules.vae import VAE
 from lightning_wass.modules.w2_gradient_flow import W2GradientFlow
 from lightning_wass.modules.wgan import WGAN
 from lightning_wass.modules.worst_case import WorstCaseGenerator
-from lightning_wass.optim import OTMDR, SAM
+from lightning_wass.optim import OTMDR, SAM, ProportionalRho
+from lightning_wass.plugins import SAMMixedPrecision
 from lightning_wass.ot import OTConvergenceError, barycentric_map, ot_plan, wasserstein_distance
 
 __version__ = "0.1.0"
@@ -36,6 +37,8 @@ __all__ = [
     "OTMDR",
     "SAM",
     "OTMDRClassifier",
+    "ProportionalRho",
+    "SAMMixedPrecision",
     "W1W2ProximalFlow",
     "WGAN",
     "W2GradientFlow",

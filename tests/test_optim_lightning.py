@@ -11,7 +11,6 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -159,17 +158,6 @@ def test_automatic_optimization_bf16_mixed_follows_the_autocast_loop():
     expected = reference_sam(data, autocast=torch.bfloat16)
     torch.testing.assert_close(flat(module.net), expected, rtol=1e-4, atol=1e-5)
     assert (expected - reference_sam(data)).abs().max() > 1e-5  # bf16 really was used
-
-
-def test_fp16_with_a_grad_scaler_fails_at_the_first_step_and_says_what_to_use():
-    data = make_data()
-    module = OrdinaryModule("sam")
-    before = flat(module.net).clone()
-    plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
-    with pytest.raises(RuntimeError, match="(?s)16-mixed.*Use precision='bf16-mixed' or '32-true'"):
-        fit(module, data, plugins=[plugin])
-    assert module.training_step_calls == 1
-    assert torch.equal(flat(module.net), before)
 
 
 def test_manual_optimization_follows_the_plain_loop():

@@ -45,10 +45,7 @@ class ScaledPasses:
     def __init__(self, scaler: torch.amp.GradScaler, optimizer: Optimizer) -> None:
         self.scaler = scaler
         self.optimizer = optimizer
-        scale = scaler._get_scale_async()
-        if scale is None:
-            raise RuntimeError("the GradScaler has not scaled anything yet: call scaler.scale(loss).backward() in the closure")
-        self.found_inf: Tensor = torch.zeros((), dtype=torch.float32, device=scale.device)
+        self._flags: list[Tensor] = []
         self._pass_done = True
 
     def _record(self) -> dict[str, Any]:
@@ -66,9 +63,19 @@ class ScaledPasses:
         record = self._record()
         if record["stage"] is OptState.READY:
             self.scaler.unscale_(self.optimizer)
-        for flag in record["found_inf_per_device"].values():
-            self.found_inf = self.found_inf + flag.to(self.found_inf.device)
+        self._flags.extend(record["found_inf_per_device"].values())
         self._pass_done = True
+
+    @property
+    def found_inf(self) -> Tensor:
+        """The number of passes (per device) that found an inf/NaN, summed: > 0 means skip the step."""
+        scale = self.scaler._get_scale_async()
+        if scale is None:
+            raise RuntimeError("the GradScaler scaled nothing during the step: back-propagate scaler.scale(loss) in the closure")
+        total = torch.zeros((), dtype=torch.float32, device=scale.device)
+        for flag in self._flags:
+            total = total + flag.to(total.device)
+        return total
 
     def unscale_present(self) -> None:
         """Unscale the gradients back-propagated before the optimizer was called (the two-step API)."""
@@ -78,11 +85,14 @@ class ScaledPasses:
     def agree_across_replicas(self) -> None:
         """Skip on every replica if any found an inf (needed when ascent gradients are not all-reduced)."""
         if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-            torch.distributed.all_reduce(self.found_inf, op=torch.distributed.ReduceOp.MAX)
+            total = self.found_inf
+            torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.MAX)
+            self._flags = [total]
 
     def finish(self) -> None:
         """Leave the summed flags as the scaler's record, so ``scaler.update()`` backs off after an inf."""
+        total = self.found_inf
         self.scaler._per_optimizer_states[id(self.optimizer)] = {
             "stage": OptState.STEPPED,
-            "found_inf_per_device": {self.found_inf.device: self.found_inf},
+            "found_inf_per_device": {total.device: total},
         }

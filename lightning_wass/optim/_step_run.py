@@ -110,10 +110,12 @@ class StepRun:
         """Remember a value that must be finite (checked once, at the end of the step)."""
         self.checks.append((what, value.detach().float().reshape(()).to(self.device)))
 
+    @torch.no_grad()
     def restore_theta(self) -> None:
         if self.perturbable:
             torch._foreach_copy_(self.perturbable, [self.theta[i] for i in self.perturbable_index])
 
+    @torch.no_grad()
     def restore_all(self) -> None:
         if self.params:
             torch._foreach_copy_(self.params, self.theta)
