@@ -77,3 +77,24 @@ def test_example_config(config_path: Path, tmp_path: Path, monkeypatch: pytest.M
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
         assert cli.trainer.state.finished
         assert cli.trainer.global_step > 0
+
+
+def test_sam_lightning_example_logs_the_loss_at_theta_and_follows_the_rho_schedule(tmp_path, monkeypatch) -> None:
+    """examples/sam_lightning.py's module: one log per step (pass 0 only) and rho shrinking with the lr."""
+    import importlib.util
+
+    import lightning.pytorch as pl
+
+    from lightning_wass.datamodules import DigitsDataModule
+
+    spec = importlib.util.spec_from_file_location("sam_lightning", EXAMPLES / "sam_lightning.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    monkeypatch.chdir(tmp_path)
+    model = example.DigitsClassifier(epochs=1)
+    trainer = pl.Trainer(max_epochs=2, limit_train_batches=4, limit_val_batches=1, accelerator="cpu", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, DigitsDataModule(batch_size=32))
+    rho = trainer.optimizers[0].param_groups[0]["rho"]
+    assert 0.01 <= rho < 0.05  # GSAM's rho_t followed the cosine decay down from rho_max
+    assert float(trainer.callback_metrics["train_loss"]) > 0

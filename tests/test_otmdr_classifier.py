@@ -167,16 +167,22 @@ def test_resuming_from_a_checkpoint_continues_exactly(tmp_path):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def test_fp16_is_refused_before_training():
-    # on a GPU precision="16-mixed" means a GradScaler; on CPU Lightning substitutes bf16, so build the plugin
+def test_stock_fp16_is_refused_before_training_and_sam_mixed_precision_trains():
+    # on a GPU precision="16-mixed" means a GradScaler; on CPU Lightning substitutes bf16, so build the plugins
     from lightning.pytorch.plugins.precision import MixedPrecision
+
+    from lightning_wass import SAMMixedPrecision
 
     model = OTMDRClassifier(MLPClassifier((1, 8, 8), hidden=(8,)), method="sam")
     before = [p.detach().clone() for p in model.parameters()]
     plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
-    with pytest.raises(ValueError, match="(?s)16-mixed.*bf16-mixed"):
+    with pytest.raises(ValueError, match="(?s)16-mixed.*SAMMixedPrecision"):
         trainer(plugins=[plugin]).fit(model, digits(num_samples=100))
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    t = trainer(plugins=[SAMMixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))])
+    t.fit(model, digits(num_samples=100))
+    assert not all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    assert torch.isfinite(t.callback_metrics["train/loss_epoch"])
 
 
 @pytest.mark.parametrize(

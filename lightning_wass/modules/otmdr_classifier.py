@@ -46,6 +46,7 @@ from lightning_wass.nn.classifiers import Ensemble
 from lightning_wass.optim import OTMDR, SAM
 from lightning_wass.optim._perturbation import mix_seed
 from lightning_wass.optim.passes import PassInfo
+from lightning_wass.plugins.sam_precision import SAMMixedPrecision
 
 METHODS = ("otmdr", "sam", "base")
 BASE_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
@@ -300,11 +301,13 @@ class OTMDRClassifier(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         precision = str(getattr(self.trainer, "precision", ""))
-        if self.method != "base" and precision.startswith("16"):
+        plugin = getattr(self.trainer, "precision_plugin", None)
+        if self.method != "base" and precision.startswith("16") and not isinstance(plugin, SAMMixedPrecision):
             raise ValueError(
-                f"OTMDRClassifier(method={self.method!r}) cannot train with precision={precision!r}: fp16 needs a "
-                "gradient scaler, and the scaler cannot drive an optimizer that evaluates the loss at perturbed "
-                "parameters. Use precision='bf16-mixed' or '32-true'."
+                f"OTMDRClassifier(method={self.method!r}) with precision={precision!r}: Lightning's fp16 plugin steps "
+                "the optimizer without its closure, so the passes at perturbed parameters cannot be unscaled. Use "
+                "Trainer(plugins=[lightning_wass.SAMMixedPrecision('16-mixed', device)]) instead of "
+                "precision='16-mixed' (or precision='bf16-mixed' / '32-true')."
             )
         optimizer = self.build_optimizer()
         if isinstance(optimizer, OTMDR) and not self.hparams.sync_ascent:
