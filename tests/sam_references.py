@@ -33,6 +33,19 @@ def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(model(x), y)
 
 
+def closure_for(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, chunks: bool = False):
+    """The closure contract: clear, forward (this pass's chunk with ``chunks``), backward, return the loss."""
+
+    def closure():
+        optimizer.zero_grad()
+        xb, yb = optimizer.current_pass.select(x, y) if chunks else (x, y)
+        loss = loss_fn(model, xb, yb)
+        loss.backward()
+        return loss
+
+    return closure
+
+
 def grads_at(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
     model.zero_grad()
     loss_fn(model, x, y).backward()

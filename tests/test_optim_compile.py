@@ -12,7 +12,7 @@ import warnings
 
 import pytest
 import torch
-from sam_references import flat, loss_fn, make_batches, make_mlp
+from sam_references import closure_for, flat, loss_fn, make_batches, make_mlp
 
 from lightning_wass.optim import OTMDR, SAM
 
@@ -26,13 +26,7 @@ def train(model, opt, batches, two_step=False):
             opt.second_step(zero_grad=True)
             continue
 
-        def closure():
-            opt.zero_grad()
-            loss = loss_fn(model, x, y)
-            loss.backward()
-            return loss
-
-        opt.step(closure)
+        opt.step(closure_for(model, opt, x, y))
 
 
 @pytest.mark.parametrize("how", ["torch.compile(model)", "model.compile()"])
@@ -72,13 +66,6 @@ def test_compiled_otmdr_chain_matches_eager():
     for model, net in ((eager, eager), (compiled, compiled_net)):
         opt = OTMDR(net.parameters(), torch.optim.SGD, **kwargs)
         for x, y in batches:
-            def closure():
-                opt.zero_grad()
-                xb, yb = opt.current_pass.select(x, y)
-                loss = loss_fn(model, xb, yb)
-                loss.backward()
-                return loss
-
-            opt.step(closure)
+            opt.step(closure_for(model, opt, x, y, chunks=True))
     assert int(compiled_net[1].num_batches_tracked) == 2
     torch.testing.assert_close(flat(compiled_net), flat(eager), rtol=1e-4, atol=1e-5)

@@ -10,6 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sam_references import flat, grads_at, loss_fn, make_mlp
+from sam_references import make_batches as shared_batches
+
 from lightning_wass import DivergenceError
 from lightning_wass.optim import OTMDR, SAM
 
@@ -23,32 +26,8 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def make_mlp(seed: int = 0, batch_norm: bool = False) -> nn.Module:
-    torch.manual_seed(seed)
-    layers: list[nn.Module] = [nn.Linear(6, 16)]
-    if batch_norm:
-        layers.append(nn.BatchNorm1d(16))
-    layers += [nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3)]
-    return nn.Sequential(*layers)
-
-
 def make_batches(n_batches: int = 6, size: int = 32, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(size, 6, generator=g), torch.randint(0, 3, (size,), generator=g)) for _ in range(n_batches)]
-
-
-def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(model(x), y)
-
-
-def grads_at(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
-    model.zero_grad()
-    loss_fn(model, x, y).backward()
-    return [p.grad.detach().clone() for p in model.parameters()]
-
-
-def flat(model: nn.Module) -> torch.Tensor:
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    return shared_batches(n_batches, size, seed)
 
 
 def reference_sam_step(model, base, x, y, rho, adaptive=False):

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from sam_references import closure_for as shared_closure
 from sam_references import chain_gradient, flat, grads_at, loss_fn, make_batches, make_mlp, sam_step, step_with
 from torch.utils.data import DataLoader, TensorDataset
 from trainers import quiet_trainer
@@ -16,13 +17,13 @@ from lightning_wass.optim import OTMDR, SAM, ProportionalRho
 
 
 def closure_for(model, opt, x, y, calls=None):
+    """The shared closure, also recording each pass's index in ``calls``."""
+    inner = shared_closure(model, opt, x, y)
+
     def closure():
-        opt.zero_grad()
         if calls is not None:
             calls.append(opt.current_pass.index)
-        loss = loss_fn(model, x, y)
-        loss.backward()
-        return loss
+        return inner()
 
     return closure
 
@@ -54,14 +55,7 @@ def test_a_chain_keeps_its_radius_ratios_when_a_schedule_sets_rho():
     ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1)
     step_with(ref, ref_opt, chain_gradient(ref, [(x[:10], y[:10]), (x[10:], y[10:])], (x, y), (0.15, 0.3)))
 
-    def closure():
-        opt.zero_grad()
-        xb, yb = opt.current_pass.select(x, y)
-        loss = loss_fn(opt_model, xb, yb)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
+    opt.step(shared_closure(opt_model, opt, x, y, chunks=True))
     torch.testing.assert_close(flat(opt_model), flat(ref), rtol=1e-5, atol=1e-6)
 
 
@@ -149,3 +143,14 @@ def test_interval_takes_the_perturbed_step_every_k_steps_and_a_plain_step_otherw
     torch.testing.assert_close(flat(model), flat(ref), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="interval"):
         SAM(model.parameters(), torch.optim.SGD, lr=0.1, interval=0)
+
+
+def test_interval_is_refused_in_the_two_step_loop_which_computes_both_passes_anyway():
+    model = make_mlp()
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, interval=2)
+    x, y = make_batches(1)[0]
+    loss_fn(model, x, y).backward()
+    before = flat(model).clone()
+    with pytest.raises(RuntimeError, match=r"interval=2.*step\(closure\) only"):
+        opt.first_step(zero_grad=True)
+    assert torch.equal(flat(model), before)

@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
-from sam_references import chain_gradient, flat, grads_at, loss_fn, make_batches, make_mlp, sam_step, step_with
+from sam_references import chain_gradient, closure_for, flat, grads_at, loss_fn, make_batches, make_mlp, sam_step, step_with
 from torch.utils.data import DataLoader, TensorDataset
 from trainers import quiet_trainer
 
@@ -42,8 +42,7 @@ def test_davda54_loop_runs_unchanged_and_equals_the_reference_and_the_closure_fo
     closure_form = make_mlp()
     opt = SAM(closure_form.parameters(), torch.optim.SGD, rho=0.05, **SGD)
     for x, y in batches:
-        opt.step(lambda: (opt.zero_grad(), loss_fn(closure_form, x, y))[1].backward() or loss_fn(closure_form, x, y))
-    # (the lambda above back-propagates once per call and returns the loss it recomputes: same gradient)
+        opt.step(closure_for(closure_form, opt, x, y))
     torch.testing.assert_close(flat(closure_form), flat(two_step), rtol=1e-6, atol=1e-7)
     assert (flat(two_step) - flat(make_mlp())).abs().max() > 1e-3  # it trained
 
@@ -96,14 +95,7 @@ def test_official_sam_batch_chain_loop_equals_the_official_rule_and_the_chunked_
     closure_form = make_mlp()
     opt = OTMDR(closure_form.parameters(), torch.optim.SGD, rho=rho, noise_std=0.0, chunked_ascent=True, **SGD)
     for x, y in batches:
-        def closure():
-            opt.zero_grad()
-            xb, yb = opt.current_pass.select(x, y)
-            loss = loss_fn(closure_form, xb, yb)
-            loss.backward()
-            return loss
-
-        opt.step(closure)
+        opt.step(closure_for(closure_form, opt, x, y, chunks=True))
     torch.testing.assert_close(flat(closure_form), flat(model), rtol=1e-6, atol=1e-7)
 
 

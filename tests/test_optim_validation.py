@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from sam_references import flat, loss_fn, make_batches, make_mlp
+from sam_references import closure_for, flat, loss_fn, make_batches, make_mlp
 from torch.utils.data import DataLoader, TensorDataset
 from trainers import quiet_trainer
 
@@ -81,12 +81,7 @@ def test_a_step_that_makes_the_parameters_non_finite_is_undone_and_names_the_lea
     opt = SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9)
     x, y = make_batches(1)[0]
 
-    def closure():
-        opt.zero_grad()
-        loss = loss_fn(model, x, y)
-        loss.backward()
-        return loss
-
+    closure = closure_for(model, opt, x, y)
     opt.step(closure)
     before = flat(model).clone()
     momentum = [opt.state[p]["momentum_buffer"].clone() for p in model.parameters()]

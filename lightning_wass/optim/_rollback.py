@@ -18,10 +18,14 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 
-def _matching(buffers: list[Tensor] | None, tensors: Sequence[Tensor]) -> bool:
-    return buffers is not None and len(buffers) == len(tensors) and all(
-        b.shape == t.shape and b.dtype == t.dtype and b.device == t.device for b, t in zip(buffers, tensors)
-    )
+def _layout(tensors: Sequence[Tensor]) -> list[tuple[Any, ...]]:
+    return [(t.shape, t.dtype, t.device) for t in tensors]
+
+
+class Buffers(list):
+    """Copies kept between steps, with the layout (shapes, dtypes, devices) they were made for."""
+
+    layout: list[tuple[Any, ...]]
 
 
 def copy_into(buffers: list[Tensor] | None, tensors: Sequence[Tensor]) -> list[Tensor]:
@@ -29,10 +33,12 @@ def copy_into(buffers: list[Tensor] | None, tensors: Sequence[Tensor]) -> list[T
     tensors = list(tensors)
     if not tensors:
         return []
-    if not _matching(buffers, tensors):
-        buffers = [torch.empty_like(t, memory_format=torch.preserve_format) for t in tensors]
-    torch._foreach_copy_(buffers, [t.detach() for t in tensors])
-    return buffers  # type: ignore[return-value]
+    layout = _layout(tensors)
+    if not isinstance(buffers, Buffers) or buffers.layout != layout:
+        buffers = Buffers(torch.empty_like(t, memory_format=torch.preserve_format) for t in tensors)
+        buffers.layout = layout
+    torch._foreach_copy_(buffers, tensors)
+    return buffers
 
 
 class StateSnapshot:

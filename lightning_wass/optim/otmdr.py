@@ -47,7 +47,7 @@ from __future__ import annotations
 import warnings
 import weakref
 from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager, ExitStack, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -61,6 +61,7 @@ from lightning_wass.optim import _options as options
 from lightning_wass.optim import _perturbation as P
 from lightning_wass.optim._norm_stats import frozen_running_stats
 from lightning_wass.optim._step_run import Grads, Progress, StepRun
+from lightning_wass.optim._two_step import TwoStepAPI
 from lightning_wass.optim.passes import PassInfo
 
 CHAIN_DIRECTIONS = ("summed", "current")
@@ -79,7 +80,7 @@ _SCALER_HINT = (
 )
 
 
-class OTMDR(Optimizer):
+class OTMDR(TwoStepAPI, Optimizer):
     """OT-MDR optimizer (SAM family) wrapping a base optimizer; see the module docstring for the math.
 
     Args:
@@ -345,7 +346,8 @@ class OTMDR(Optimizer):
                 with frozen_running_stats() if self.freeze_norm_stats else nullcontext():
                     for k in range(self.num_particles):
                         run.add_final(self._particle_chain(run, closure, k, g0 if k == 0 else None))
-                        run.kept.keep("final", run.final_sum)
+                        if k + 1 < self.num_particles:  # later passes must not overwrite the running sum
+                            run.kept.keep("final", run.final_sum)
                 g0 = None
             self._finish(run)
             return run.loss.detach()
@@ -420,112 +422,6 @@ class OTMDR(Optimizer):
                 P.ascend_(ps, P.sum_terms(term_lists), radius / (norm + P.EPS), t)
             self._noise_source.add_(ps, group["noise_std"], P.mix_seed(noise_seed, j))
         return norm
-
-    # ------------------------------------------------------------------ the two-step API
-    @torch.no_grad()
-    def first_step(self, zero_grad: bool = False, grad_scaler: torch.amp.GradScaler | None = None) -> None:
-        """Ascent step from the gradient now in ``.grad`` (davda54/sam and the official code's ``first_step``).
-
-        The davda54/sam loop runs unchanged::
-
-            loss_fn(model(x), y).backward()
-            optimizer.first_step(zero_grad=True)      # theta -> theta + e(theta)
-            loss_fn(model(x), y).backward()
-            optimizer.second_step(zero_grad=True)     # back to theta, base step with grad L(theta + e)
-
-        For OT-MDR, call it after the backward of each of the ``S`` ascent passes of a particle
-        (the official ``first_step`` / ``first_step_grad``), then :meth:`second_step` after the
-        particle's final backward; with ``K`` particles repeat that ``K`` times (each particle
-        starts again at ``theta``: back-propagate its first chunk there). ``zero_grad=False`` keeps
-        ``.grad``, so the next backward adds to it (as in davda54/sam). BatchNorm statistics are
-        frozen from the first ``first_step`` of a step to its last ``second_step``. With fp16 give
-        the ``grad_scaler`` that scaled the losses (or :meth:`attach_grad_scaler` it).
-        """
-        run = self._progress.run
-        if run is None:
-            run = self._begin(grad_scaler, two_step=True)
-        name = type(self).__name__
-        s, k = run.ascent_step, run.particle
-        if s >= self.ascent_steps:
-            self._cancel(run)
-            raise RuntimeError(
-                f"{name}.first_step() was called {s + 1} times for particle {k}, but ascent_steps={self.ascent_steps}: "
-                "call second_step() after the backward of the particle's final pass. The step was cancelled and the "
-                "parameters restored."
-            )
-        grads = self._two_step_gradients(run, f"ascent step {s} of particle {k}", keep=not zero_grad)
-        run.history = self._ascend_chain(run, grads, run.history, k, s)
-        run.ascent_step += 1
-        if self.freeze_norm_stats and run.frozen is None:
-            run.frozen = ExitStack()
-            run.frozen.enter_context(frozen_running_stats())
-        if zero_grad:
-            self.zero_grad()
-
-    @torch.no_grad()
-    def second_step(self, zero_grad: bool = False, grad_scaler: torch.amp.GradScaler | None = None) -> None:
-        """Back to ``theta`` and, after the ``K``-th particle, the base step with the gradient now in ``.grad``.
-
-        davda54/sam's ``second_step``: the gradient stepped is whatever ``.grad`` holds after the
-        final backward. With ``K > 1`` particles each call ends one particle's chain (the official
-        ``save_grad``): its gradient is kept, the parameters return to ``theta`` and ``.grad`` is
-        cleared; the ``K``-th call combines the ``K`` gradients (``particle_reduction``) and steps
-        (the official ``second_step``). After the base step ``.grad`` holds the gradient that was
-        stepped unless ``zero_grad=True``.
-        """
-        name = type(self).__name__
-        run = self._progress.run
-        if run is None:
-            raise RuntimeError(f"{name}.second_step() was called without first_step(): call first_step() after the first backward")
-        if run.ascent_step < self.ascent_steps:
-            done = run.ascent_step
-            self._cancel(run)
-            raise RuntimeError(
-                f"{name}.second_step() was called after {done} of the {self.ascent_steps} ascent steps of particle "
-                f"{run.particle} (ascent_steps={self.ascent_steps}): call first_step() after each ascent pass. The step "
-                "was cancelled and the parameters restored."
-            )
-        # K > 1: a copy, since the next particle's passes may reuse the gradient buffers (DDP bucket views)
-        final = self._two_step_gradients(run, f"the final pass of particle {run.particle}", keep=self.num_particles > 1)
-        run.add_final(final)
-        run.restore_theta()
-        if run.particle + 1 < self.num_particles:
-            run.particle += 1
-            run.ascent_step = 0
-            run.history = []
-            for p in run.params:
-                p.grad = None
-            return
-        try:
-            run.release()
-            self._finish(run)
-        finally:
-            self._end(run)
-        if zero_grad:
-            self.zero_grad()
-
-    def cancel_step(self) -> None:
-        """Abandon a two-step step in progress: parameters back to ``theta``, BatchNorm statistics released."""
-        run = self._progress.run
-        if run is not None:
-            self._cancel(run)
-
-    def _two_step_gradients(self, run: StepRun, label: str, keep: bool) -> Grads:
-        if run.scaling is not None:
-            run.scaling.unscale_present()
-        grads = run.gradients()
-        if all(g is None for g in grads):
-            self._cancel(run)
-            raise RuntimeError(f"{run.where}: no gradients in .grad for {label}: call backward() before first_step() / second_step()")
-        present = [g for g in grads if g is not None]
-        run.check(f"the gradient of {label}", torch.stack([n.to(run.device) for n in torch._foreach_norm(present)]).norm())
-        if keep:  # the caller keeps .grad, so the next backward would add to it in place
-            grads = [None if g is None else g.clone() for g in grads]
-        return grads
-
-    def _cancel(self, run: StepRun) -> None:
-        run.restore_theta()
-        self._end(run)
 
     # ------------------------------------------------------------------ one pass
     def _pass(self, run: StepRun, closure: Callable[[], Any], info: PassInfo, ascent: bool) -> Tensor:
