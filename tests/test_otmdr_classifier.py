@@ -250,3 +250,78 @@ def test_demo_part_runs_quickly_and_writes_its_figure(tmp_path):
     for method in ("SGD", "SAM", "OT-MDR"):
         assert f"| {method} |" in report
     assert "ECE" in report and "Brier" in report
+
+
+# ------------------------------------------------------------------ ensembles of different networks, label checks
+def test_an_ensemble_of_different_networks_is_trained_as_one_mixture_with_one_gradient_norm():
+    from lightning_wass.nn import Ensemble
+
+    nets = [MLPClassifier((1, 8, 8), hidden=(16,)), MLPClassifier((1, 8, 8), hidden=(8, 8)), ConvClassifier(in_channels=1, width=4)]
+    model = OTMDRClassifier(nets, method="sam", rho=0.05)
+    assert isinstance(model.model, Ensemble) and list(model.model.members) == nets
+    x = torch.rand(5, 1, 8, 8)
+    probs = model(x)
+    assert probs.shape == (5, 10)
+    expected = torch.stack([torch.softmax(n(x), -1) for n in nets]).mean(0)  # the mixture of the members
+    torch.testing.assert_close(probs, expected, rtol=1e-5, atol=1e-6)
+    passed = Ensemble(nets)
+    assert OTMDRClassifier(passed).model is passed  # an Ensemble is used as it is, not wrapped again
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer(max_epochs=1).fit(model, digits(num_samples=128))
+    moved = [not torch.equal(p, b) for p, b in zip(model.parameters(), before)]
+    assert all(moved)  # every member was stepped by the one optimizer
+    with pytest.raises(ValueError, match="ensemble_size=2 but network holds 3 members"):
+        OTMDRClassifier(nets, ensemble_size=2)
+    with pytest.raises(ValueError, match="same module more than once"):
+        OTMDRClassifier([nets[0], nets[0]])
+    with pytest.raises(TypeError, match=r"network\[1\] must be a torch.nn.Module"):
+        OTMDRClassifier([nets[0], "resnet"])
+
+
+class ScaledNet(nn.Module):
+    """A network with a bare parameter (no reset_parameters of its own)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(64, 10)
+        self.temperature = nn.Parameter(torch.linspace(0.5, 1.5, 10))
+        self.one = nn.Parameter(torch.ones(()))
+
+    def forward(self, x):
+        return self.body(x.flatten(1)) * self.temperature * self.one
+
+
+def test_copies_of_one_network_reinitialise_every_parameter():
+    model = OTMDRClassifier(ScaledNet(), ensemble_size=3)
+    first, second, third = model.model.members
+    for name, p in first.named_parameters():
+        if name == "one":
+            assert torch.equal(p, getattr(second, name))  # a constant initial value is its initialisation
+            continue
+        assert not torch.equal(p, dict(second.named_parameters())[name]), name
+        assert not torch.equal(dict(second.named_parameters())[name], dict(third.named_parameters())[name]), name
+
+
+@pytest.mark.parametrize(
+    "labels, words",
+    [
+        (torch.tensor([0, 1, 10, 2]), r"label 10 is out of range for num_classes=10"),
+        (torch.tensor([0, -1, 3, 2]), r"label -1 is out of range for num_classes=10"),
+        (torch.tensor([0.0, 1.0, 2.0, 3.0]), r"integer class labels.*torch.float32"),
+    ],
+)
+def test_bad_labels_are_refused_naming_the_label_and_num_classes(labels, words):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    model = OTMDRClassifier(MLPClassifier((1, 8, 8), hidden=(8,)), method="sam")
+    before = [p.detach().clone() for p in model.parameters()]
+    loader = DataLoader(TensorDataset(torch.rand(4, 1, 8, 8), labels), batch_size=4)
+    with pytest.raises(ValueError, match=words):
+        trainer(max_epochs=1).fit(model, loader)
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+
+
+def test_a_network_whose_width_is_not_num_classes_is_refused_at_the_first_batch():
+    model = OTMDRClassifier(MLPClassifier((1, 8, 8), hidden=(8,), num_classes=5), num_classes=10, method="sam")
+    with pytest.raises(ValueError, match="network outputs 5 logits per sample but num_classes=10"):
+        trainer(max_epochs=1).fit(model, digits(num_samples=100))

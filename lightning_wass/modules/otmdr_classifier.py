@@ -90,8 +90,10 @@ class OTMDRClassifier(pl.LightningModule):
 
     Args:
         network: the classifier (logits ``(N, num_classes)``); Bayesian if it contains Bayesian layers.
-        num_classes: number of classes.
-        ensemble_size: ``M`` members (``network`` plus ``M - 1`` re-initialised copies).
+            A list of networks (e.g. a ResNet, a MobileNet and an EfficientNet, as in the paper) or an
+            :class:`~lightning_wass.nn.Ensemble` is an ensemble of those members.
+        num_classes: number of classes (checked against the labels and the network's output width).
+        ensemble_size: ``M`` members (``network`` plus ``M - 1`` re-initialised copies) for one network.
         method: ``"otmdr"``, ``"sam"`` or ``"base"``.
         base_optimizer: ``"sgd"``, ``"adam"`` or ``"adamw"``.
         lr, momentum, weight_decay, nesterov: base optimizer settings (``momentum``/``nesterov`` for SGD).
@@ -116,7 +118,7 @@ class OTMDRClassifier(pl.LightningModule):
 
     def __init__(
         self,
-        network: nn.Module,
+        network: nn.Module | list[nn.Module],
         num_classes: int = 10,
         ensemble_size: int = 1,
         method: str = "otmdr",
@@ -144,8 +146,6 @@ class OTMDRClassifier(pl.LightningModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if not isinstance(network, nn.Module):
-            raise TypeError(f"network must be a torch.nn.Module, got {type(network).__name__}")
         self.save_hyperparameters(ignore=["network"])
         self.num_classes = check_int("num_classes", num_classes, minimum=2)
         check_int("ensemble_size", ensemble_size, minimum=1)
@@ -177,8 +177,8 @@ class OTMDRClassifier(pl.LightningModule):
         check_int("ece_bins", ece_bins, minimum=1)
         check_int("seed", seed)
 
-        self.model = Ensemble.from_network(network, ensemble_size)
-        self.bayesian = is_bayesian(network)
+        self.model = Ensemble.build(network, ensemble_size)
+        self.bayesian = is_bayesian(self.model)
         self._train_size = train_size
         self.val_metrics = _metrics(self.num_classes, ece_bins, "val/")
         self.test_metrics = _metrics(self.num_classes, ece_bins, "test/")
@@ -212,6 +212,33 @@ class OTMDRClassifier(pl.LightningModule):
         size = self._train_size or 1
         return self.hparams.kl_weight * kl_divergence(self.model) / size
 
+    # ------------------------------------------------------------------ checks
+    def check_labels(self, y: Tensor) -> None:
+        """Labels must be integer class indices in ``[0, num_classes)`` (``ValueError`` naming both)."""
+        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise ValueError(
+                f"OTMDRClassifier needs integer class labels (torch.long), got dtype {y.dtype}; one-hot or soft "
+                "labels are not supported: pass class indices"
+            )
+        if y.numel() == 0:
+            return
+        low, high = torch.stack([y.min(), y.max()]).tolist()
+        if low < 0 or high >= self.num_classes:
+            bad = low if low < 0 else high
+            raise ValueError(
+                f"label {bad} is out of range for num_classes={self.num_classes} (labels must lie in "
+                f"[0, {self.num_classes - 1}]); set num_classes to the number of classes of the data"
+            )
+
+    def check_output_width(self, outputs: Tensor) -> None:
+        """The network must give ``num_classes`` logits per sample."""
+        width = outputs.shape[-1]
+        if width != self.num_classes:
+            raise ValueError(
+                f"the network outputs {width} logits per sample but num_classes={self.num_classes}; build the network "
+                f"with {self.num_classes} outputs or set num_classes={width}"
+            )
+
     # ------------------------------------------------------------------ training
     def _current_pass(self) -> PassInfo | None:
         if self._trainer is None:
@@ -233,11 +260,14 @@ class OTMDRClassifier(pl.LightningModule):
             raise ValueError("OTMDRClassifier needs labelled batches: a 'y' entry / (x, y) tuples")
         x, y = data.x, data.y
         info = self._current_pass()
+        if info is None or info.index == 0:  # once per step: the range check reads two numbers back
+            self.check_labels(y)
         if info is not None:
             x, y = info.select(x, y)
         seed = mix_seed(self.hparams.seed, self.global_step, batch_idx, self.global_rank)
         with shared_noise(self.model, seed):
             log_probs = self.log_probs(x, self.hparams.train_samples)
+        self.check_output_width(log_probs)
         nll = self.data_loss(log_probs, y)
         kl = self.kl_term()
         loss = nll + kl
@@ -259,7 +289,9 @@ class OTMDRClassifier(pl.LightningModule):
         data = unpack_batch(batch)
         if data.y is None:
             raise ValueError("OTMDRClassifier evaluates on labelled batches")
+        self.check_labels(data.y)
         probs = self(data.x)
+        self.check_output_width(probs)
         metrics.update(probs, data.y)
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=metrics is self.val_metrics)
 

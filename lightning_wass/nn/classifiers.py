@@ -183,13 +183,25 @@ class WideResNet(nn.Module):
 
 
 def reinitialised_copy(network: nn.Module) -> nn.Module:
-    """A deep copy of ``network`` with every sub-module that has ``reset_parameters`` re-initialised
-    (from the global RNG), e.g. a new ensemble member."""
+    """A deep copy of ``network`` with every parameter re-initialised (from the global RNG), e.g. a
+    new ensemble member.
+
+    Sub-modules with ``reset_parameters`` (every torch layer) re-initialise themselves. A parameter
+    registered directly on a module without it (``self.scale = nn.Parameter(...)``) has no known
+    initialiser, so it is redrawn from a normal distribution with its own mean and standard
+    deviation; a constant one (a scale initialised to 1) keeps its value, which is its
+    initialisation.
+    """
     member = copy.deepcopy(network)
     for module in member.modules():
         reset = getattr(module, "reset_parameters", None)
         if callable(reset):
             reset()
+            continue
+        with torch.no_grad():
+            for p in module.parameters(recurse=False):
+                if p.numel() > 1 and float(p.std()) > 0:
+                    p.normal_(float(p.mean()), float(p.std()))
     return member
 
 
@@ -215,6 +227,33 @@ class Ensemble(nn.Module):
         """``network`` plus ``size - 1`` re-initialised copies."""
         check_int("size", size, minimum=1)
         return cls([network] + [reinitialised_copy(network) for _ in range(size - 1)])
+
+    @classmethod
+    def build(cls, network: nn.Module | Sequence[nn.Module], size: int = 1) -> Ensemble:
+        """The ensemble a classifier trains: an :class:`Ensemble` as it is, a list of (possibly
+        different) networks, or one network plus ``size - 1`` re-initialised copies.
+
+        ``size`` must be 1 or the number of members for the first two forms.
+        """
+        check_int("ensemble_size", size, minimum=1)
+        if isinstance(network, Ensemble):
+            members = list(network.members)
+        elif isinstance(network, (list, tuple)):
+            members = list(network)
+        elif isinstance(network, nn.Module):
+            return cls.from_network(network, size)
+        else:
+            raise TypeError(f"network must be a torch.nn.Module, a list of them or an Ensemble, got {type(network).__name__}")
+        if not members:
+            raise ValueError("network must hold at least one member network")
+        for i, member in enumerate(members):
+            if not isinstance(member, nn.Module):
+                raise TypeError(f"network[{i}] must be a torch.nn.Module, got {type(member).__name__}")
+        if size not in (1, len(members)):
+            raise ValueError(f"ensemble_size={size} but network holds {len(members)} members; leave ensemble_size at 1")
+        if len({id(m) for m in members}) != len(members):
+            raise ValueError("network lists the same module more than once: ensemble members must be distinct networks")
+        return network if isinstance(network, Ensemble) else cls(members)
 
     def __len__(self) -> int:
         return len(self.members)
