@@ -241,3 +241,89 @@ def test_sam_mixed_precision_with_bf16_is_plain_mixed_precision():
     module = OrdinaryModule()
     fit(module, batches, lightning_wass.SAMMixedPrecision("bf16-mixed", "cpu"))
     assert not torch.equal(flat(module.net), flat(make_mlp()))
+
+
+def test_two_step_with_a_scaler_and_zero_grad_false_steps_the_unscaled_sum():
+    # davda54's zero_grad=False semantics under loss scaling: the step uses g(theta) + g(theta + e), unscaled
+    x, y = make_batches(1)[0]
+
+    def scaled_backward(model, scaler, scale=True):
+        with autocast():
+            loss = F.cross_entropy(model(x), y)
+        (scaler.scale(loss) if scale else loss).backward()
+
+    unscaled = make_mlp()
+    opt = SAM(unscaled.parameters(), torch.optim.SGD, rho=RHO, lr=LR)
+    scaled_backward(unscaled, None, scale=False)
+    opt.first_step(zero_grad=False)
+    scaled_backward(unscaled, None, scale=False)
+    opt.second_step(zero_grad=True)
+
+    model = make_mlp()
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=RHO, lr=LR)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    scaled_backward(model, scaler)
+    opt.first_step(zero_grad=False, grad_scaler=scaler)
+    scaled_backward(model, scaler)
+    opt.second_step(zero_grad=True, grad_scaler=scaler)
+    scaler.update()
+    torch.testing.assert_close(flat(model), flat(unscaled), rtol=1e-4, atol=1e-6)
+
+
+def test_a_scaler_given_to_second_step_only_is_refused_and_the_step_cancelled():
+    x, y = make_batches(1)[0]
+    model = make_mlp()
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=RHO, lr=LR)
+    scaler = torch.amp.GradScaler("cpu")
+    before = flat(model).clone()
+    with autocast():
+        loss = F.cross_entropy(model(x), y)
+    scaler.scale(loss).backward()
+    opt.first_step(zero_grad=True)  # forgot the scaler here
+    with autocast():
+        loss = F.cross_entropy(model(x), y)
+    scaler.scale(loss).backward()
+    with pytest.raises(RuntimeError, match="grad_scaler was given .* but not to the first first_step"):
+        opt.second_step(zero_grad=True, grad_scaler=scaler)
+    assert torch.equal(flat(model), before)
+
+
+def test_pure_fp16_parameters_with_large_gradient_norms_are_not_mistaken_for_divergence():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(4, 4).half()
+    opt = SAM(layer.parameters(), torch.optim.SGD, rho=RHO, lr=1e-6)
+    x = torch.full((8, 4), 100.0, dtype=torch.half)
+
+    def closure():
+        opt.zero_grad()
+        loss = (layer(x).float() * 50).sum()  # gradients of a few 10^4: the fp16 norm would overflow
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    assert opt.completed_steps == 1 and torch.isfinite(layer.weight).all()
+
+
+class ManualTwoStep(OrdinaryModule):
+    """Manual optimization, the two-step loop; one step's final pass overflows."""
+
+    def __init__(self) -> None:
+        super().__init__(manual=True)
+        self.scales: list[float] = []
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        opt = self.optimizers()
+        self.manual_backward(F.cross_entropy(self.net(x), y))
+        opt.first_step(zero_grad=True)
+        loss = F.cross_entropy(self.net(x), y)
+        self.manual_backward(loss * (float("inf") if batch_idx == 1 else 1.0))
+        opt.second_step(zero_grad=True)
+        self.scales.append(self.trainer.precision_plugin.scaler.get_scale())
+
+
+def test_lightning_manual_two_step_under_sam_mixed_precision_updates_the_scale():
+    module = ManualTwoStep()
+    fit(module, make_batches(), lightning_wass.SAMMixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=2.0**10)))
+    assert module.scales == [2.0**10, 2.0**9, 2.0**9, 2.0**9]  # backed off after the overflow, then steady
+    assert module.optimizers().optimizer.completed_steps == 3

@@ -111,11 +111,10 @@ class RecordingClassifier(OTMDRClassifier):
         super().__init__(*args, **kwargs)
         self.record: list[tuple[int, int, int | None]] = []
 
-    def log_probs(self, x, samples=1):
+    def log_probs(self, x, samples=1, draw_seeds=None):
         if self.training:
-            layers = bayesian_layers(self.model)
-            self.record.append((self.global_step, int(x.shape[0]), layers[0].noise_seed if layers else None))
-        return super().log_probs(x, samples)
+            self.record.append((self.global_step, int(x.shape[0]), None if draw_seeds is None else tuple(draw_seeds)))
+        return super().log_probs(x, samples, draw_seeds)
 
 
 def test_bnn_elbo_chunked_halves_and_noise_shared_within_a_step():
@@ -325,3 +324,39 @@ def test_a_network_whose_width_is_not_num_classes_is_refused_at_the_first_batch(
     model = OTMDRClassifier(MLPClassifier((1, 8, 8), hidden=(8,), num_classes=5), num_classes=10, method="sam")
     with pytest.raises(ValueError, match="network outputs 5 logits per sample but num_classes=10"):
         trainer(max_epochs=1).fit(model, digits(num_samples=100))
+
+
+def test_bnn_monte_carlo_draws_differ_and_the_estimate_variance_falls_as_one_over_s():
+    torch.manual_seed(0)
+    model = OTMDRClassifier(BayesianMLPClassifier((1, 8, 8), hidden=(16,)), train_samples=1)
+    for layer in bayesian_layers(model.model):  # wider posteriors, so the draws visibly matter
+        with torch.no_grad():
+            for name in layer._names:
+                getattr(layer, f"{name}_rho").fill_(-1.0)
+    model.train()
+    x = torch.rand(1, 1, 8, 8)
+    with torch.no_grad():
+        single = [model.log_probs(x, 1, [seed]).exp()[0, 0] for seed in range(2)]
+        assert not torch.equal(single[0], single[1])
+        variances = {}
+        for S in (1, 4, 16):
+            estimates = torch.stack([model.log_probs(x, S, [1000 * trial + s for s in range(S)]).exp()[0, 0]
+                                     for trial in range(300)])
+            variances[S] = float(estimates.var())
+    # the mean of S independent draws of p(y|x, w): variance sigma^2 / S
+    assert 0.7 < variances[1] / variances[4] / 4 < 1.4
+    assert 0.7 < variances[1] / variances[16] / 16 < 1.4
+
+
+@pytest.mark.parametrize("pattern", ["shared", "official"])
+def test_bnn_noise_patterns_across_the_passes_of_one_step(pattern):
+    model = RecordingClassifier(BayesianMLPClassifier((1, 8, 8), hidden=(16,)), method="otmdr", base_optimizer="adam",
+                                lr=1e-3, rho=[0.005, 0.01], noise_std=0.0, train_samples=3, bnn_noise=pattern)
+    trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0).fit(model, digits(num_samples=128))
+    b1, b2, final = [seeds for _, _, seeds in model.record]
+    assert len(set(b1)) == 3  # three different draws within a pass
+    if pattern == "shared":
+        assert b1 == b2 == final
+    else:  # official: fresh draws per ascent pass; the final pass reuses the last draw of B2 for all draws
+        assert set(b1).isdisjoint(b2)
+        assert final == (b2[-1],) * 3

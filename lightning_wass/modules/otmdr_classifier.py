@@ -30,6 +30,7 @@ Overridable pieces: :meth:`log_probs` (the model's predictive log-probabilities)
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from typing import Any
 
 import lightning.pytorch as pl
@@ -49,6 +50,7 @@ from lightning_wass.optim.passes import PassInfo
 from lightning_wass.plugins.sam_precision import SAMMixedPrecision
 
 METHODS = ("otmdr", "sam", "base")
+BNN_NOISE = ("shared", "official")
 BASE_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
     "adam": torch.optim.Adam,
@@ -109,7 +111,10 @@ class OTMDRClassifier(pl.LightningModule):
         perturb_sigma: BNN: perturb the sigmas too (default: the means only).
         kl_weight: BNN: weight of the KL term (1 = the ELBO).
         train_size: BNN: number of training samples that divides the KL (default: the train set size).
-        train_samples: BNN: Monte-Carlo weight draws per training forward (log-mean-exp of their likelihoods).
+        train_samples: BNN: Monte-Carlo weight draws per training forward (log-mean-exp of their
+            likelihoods); each draw has its own noise.
+        bnn_noise: BNN: ``"shared"`` (the same draws on every pass of a step) or ``"official"`` (fresh
+            draws per ascent pass, the final pass reusing the last one); see :meth:`draw_seeds`.
         mc_samples: BNN: Monte-Carlo draws for validation / test / prediction.
         label_smoothing: label smoothing of the training NLL (0.1 in the paper's CIFAR runs).
         ece_bins: bins of the expected calibration error.
@@ -140,6 +145,7 @@ class OTMDRClassifier(pl.LightningModule):
         kl_weight: float = 1.0,
         train_size: int | None = None,
         train_samples: int = 1,
+        bnn_noise: str = "shared",
         mc_samples: int = 10,
         label_smoothing: float = 0.0,
         ece_bins: int = 15,
@@ -172,6 +178,7 @@ class OTMDRClassifier(pl.LightningModule):
         if train_size is not None:
             check_int("train_size", train_size, minimum=1)
         check_int("train_samples", train_samples, minimum=1)
+        check_choice("bnn_noise", bnn_noise, BNN_NOISE)
         check_int("mc_samples", mc_samples, minimum=1)
         check_fraction("label_smoothing", label_smoothing)
         check_int("ece_bins", ece_bins, minimum=1)
@@ -191,9 +198,18 @@ class OTMDRClassifier(pl.LightningModule):
     def _eval_samples(self) -> int:
         return self.hparams.mc_samples if self.bayesian else 1
 
-    def log_probs(self, x: Tensor, samples: int = 1) -> Tensor:
-        """``log (1 / (M S)) sum_{m, s} softmax(f_m(x; w_s))``: the mixture over members and weight draws."""
-        draws = [F.log_softmax(self.model(x).float(), dim=-1) for _ in range(samples)]  # each (M, N, K)
+    def log_probs(self, x: Tensor, samples: int = 1, draw_seeds: list[int] | None = None) -> Tensor:
+        """``log (1 / (M S)) sum_{m, s} softmax(f_m(x; w_s))``: the mixture over members and weight draws.
+
+        ``draw_seeds``: one seed per draw ``w_s`` (the training step's common random numbers, see
+        :meth:`draw_seeds`); without them every draw is fresh.
+        """
+        if draw_seeds is not None and len(draw_seeds) != samples:
+            raise ValueError(f"draw_seeds has {len(draw_seeds)} seeds for {samples} draws")
+        draws = []
+        for s in range(samples):
+            with shared_noise(self.model, draw_seeds[s]) if draw_seeds is not None else nullcontext():
+                draws.append(F.log_softmax(self.model(x).float(), dim=-1))  # each (M, N, K)
         stacked = torch.cat(draws, dim=0)
         return torch.logsumexp(stacked, dim=0) - math.log(stacked.shape[0])
 
@@ -211,6 +227,22 @@ class OTMDRClassifier(pl.LightningModule):
             return torch.zeros((), device=self.device)
         size = self._train_size or 1
         return self.hparams.kl_weight * kl_divergence(self.model) / size
+
+    def draw_seeds(self, batch_idx: int, info: PassInfo | None) -> list[int]:
+        """The seeds of the ``train_samples`` weight draws of one training pass (BNN).
+
+        ``bnn_noise="shared"`` (default): the same ``S`` different draws on every pass of a step
+        (common random numbers: the optimizer's passes see one loss surface). ``"official"``: the
+        official ``train_otmrd_BNN.py`` pattern: every ascent pass draws ``S`` fresh noises, and the
+        final pass reuses the last noise drawn (``reuse_eps=True``) for all ``S`` of its draws.
+        """
+        S = self.hparams.train_samples
+        base = mix_seed(self.hparams.seed, self.global_step, batch_idx, self.global_rank)
+        if self.hparams.bnn_noise == "shared" or info is None:
+            return [mix_seed(base, s) for s in range(S)]
+        if info.is_final and info.index > 0:
+            return [mix_seed(base, info.index - 1, S - 1)] * S
+        return [mix_seed(base, info.index, s) for s in range(S)]
 
     # ------------------------------------------------------------------ checks
     def check_labels(self, y: Tensor) -> None:
@@ -264,9 +296,9 @@ class OTMDRClassifier(pl.LightningModule):
             self.check_labels(y)
         if info is not None:
             x, y = info.select(x, y)
-        seed = mix_seed(self.hparams.seed, self.global_step, batch_idx, self.global_rank)
-        with shared_noise(self.model, seed):
-            log_probs = self.log_probs(x, self.hparams.train_samples)
+        samples = self.hparams.train_samples
+        seeds = self.draw_seeds(batch_idx, info) if self.bayesian else None
+        log_probs = self.log_probs(x, samples, seeds)
         self.check_output_width(log_probs)
         nll = self.data_loss(log_probs, y)
         kl = self.kl_term()

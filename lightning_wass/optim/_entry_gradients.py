@@ -39,7 +39,9 @@ AMBIGUOUS = (
     "without clearing them. If you back-propagated this batch before step() (the davda54/sam README's closure "
     "form), remove that backward: the closure computes the gradient at theta itself (or keep it and call "
     "optimizer.first_step() / second_step() instead of step()). If .grad holds earlier micro-batches "
-    "(gradient accumulation), accumulate them inside the closure instead. The parameters were left unchanged."
+    "(gradient accumulation), accumulate them inside the closure instead. A closure that clears with "
+    "zero_grad(set_to_none=False) on the model cannot be told from one that adds: clear with optimizer.zero_grad(). "
+    "The parameters were left unchanged."
 )
 
 

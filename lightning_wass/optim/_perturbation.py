@@ -42,7 +42,7 @@ def sum_of_squares(grads: Sequence[Tensor], t: Sequence[Tensor] | None, device: 
     if not grads:
         return torch.zeros((), device=device)
     weighted = list(grads) if t is None else torch._foreach_mul(list(t), list(grads))
-    norms = torch._foreach_norm(weighted)
+    norms = torch._foreach_norm(weighted, 2, dtype=torch.float32)  # fp16 norms overflow at 65504
     if _same_device(norms) and norms[0].device == device:
         stacked = torch.stack(norms)
     else:

@@ -68,6 +68,7 @@ class Progress:
     theta_buffers: list[Tensor] | None = None
     state_snapshot: StateSnapshot = field(default_factory=StateSnapshot)
     grad_scaler: Any = None
+    update_attached_scaler: bool = False
     no_sync: Any = None
 
 
@@ -90,6 +91,7 @@ class StepRun:
         self.pass_count = 0
         self.two_step = False
         self.lightning_accumulation = False
+        self.update_scaler = False
         # the parameters at theta (all of them: the rollback needs the ones that are never perturbed too)
         progress.theta_buffers = copy_into(progress.theta_buffers, params)
         self.theta: list[Tensor] = progress.theta_buffers

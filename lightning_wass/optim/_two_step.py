@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from lightning_wass.optim import _grad_scaling as scaling
 from lightning_wass.optim._norm_stats import frozen_running_stats
 from lightning_wass.optim._step_run import Grads, StepRun
 
@@ -29,7 +30,11 @@ if TYPE_CHECKING:
 
 
 class TwoStepAPI:
-    """``first_step`` / ``second_step`` / ``cancel_step`` for :class:`~lightning_wass.optim.OTMDR`."""
+    """``first_step`` / ``second_step`` / ``cancel_step`` for :class:`~lightning_wass.optim.OTMDR`.
+
+    An exception between ``first_step`` and ``second_step`` leaves the parameters perturbed and the
+    BatchNorm statistics frozen: :meth:`cancel_step` puts both back.
+    """
 
     @torch.no_grad()
     def first_step(self: OTMDR, zero_grad: bool = False, grad_scaler: torch.amp.GradScaler | None = None) -> None:
@@ -68,7 +73,9 @@ class TwoStepAPI:
                 "call second_step() after the backward of the particle's final pass. The step was cancelled and the "
                 "parameters restored."
             )
-        grads = self._two_step_gradients(run, f"ascent step {s} of particle {k}", keep=not zero_grad)
+        # zero_grad=False: .grad stays for the next backward to add to, so it stays scaled (copy unscaled)
+        grads = self._two_step_gradients(run, f"ascent step {s} of particle {k}", keep=not zero_grad,
+                                         grad_scaler=grad_scaler, rescale=not zero_grad)
         run.history = self._ascend_chain(run, grads, run.history, k, s)
         run.ascent_step += 1
         if self.freeze_norm_stats and run.frozen is None:
@@ -101,7 +108,8 @@ class TwoStepAPI:
                 "was cancelled and the parameters restored."
             )
         # K > 1: a copy, since the next particle's passes may reuse the gradient buffers (DDP bucket views)
-        final = self._two_step_gradients(run, f"the final pass of particle {run.particle}", keep=self.num_particles > 1)
+        final = self._two_step_gradients(run, f"the final pass of particle {run.particle}", keep=self.num_particles > 1,
+                                         grad_scaler=grad_scaler)
         run.add_final(final)
         run.restore_theta()
         if run.particle + 1 < self.num_particles:
@@ -116,6 +124,8 @@ class TwoStepAPI:
             self._finish(run)
         finally:
             self._end(run)
+        if run.update_scaler and run.scaling is not None:
+            run.scaling.scaler.update()  # the attached scaler of a Lightning plugin: nobody else calls update
         if zero_grad:
             self.zero_grad()
 
@@ -125,7 +135,20 @@ class TwoStepAPI:
         if run is not None:
             self._cancel(run)
 
-    def _two_step_gradients(self: OTMDR, run: StepRun, label: str, keep: bool) -> Grads:
+    def _two_step_gradients(
+        self: OTMDR, run: StepRun, label: str, keep: bool, grad_scaler: torch.amp.GradScaler | None = None, rescale: bool = False
+    ) -> Grads:
+        """The gradients now in ``.grad`` for ``label``: unscaled (fp16), checked, copied if ``keep``.
+
+        ``rescale``: leave ``.grad`` itself scaled again (the caller's next scaled backward adds to it).
+        """
+        if grad_scaler is not None and scaling.is_active(grad_scaler) and (run.scaling is None or run.scaling.scaler is not grad_scaler):
+            self._cancel(run)
+            raise RuntimeError(
+                f"{run.where}: a grad_scaler was given for {label} but not to the first first_step() of the step, whose "
+                "gradients were then used scaled: give the same grad_scaler to every first_step() and second_step() "
+                "(or attach_grad_scaler it once). The step was cancelled and the parameters restored."
+            )
         if run.scaling is not None:
             run.scaling.unscale_present()
         grads = run.gradients()
@@ -133,9 +156,11 @@ class TwoStepAPI:
             self._cancel(run)
             raise RuntimeError(f"{run.where}: no gradients in .grad for {label}: call backward() before first_step() / second_step()")
         present = [g for g in grads if g is not None]
-        run.check(f"the gradient of {label}", torch.stack([n.to(run.device) for n in torch._foreach_norm(present)]).norm())
+        run.check(f"the gradient of {label}", torch.stack([n.to(run.device) for n in torch._foreach_norm(present, 2, dtype=torch.float32)]).norm())
         if keep:  # the caller keeps .grad, so the next backward would add to it in place
             grads = [None if g is None else g.clone() for g in grads]
+        if rescale and run.scaling is not None and present:
+            torch._foreach_mul_(present, run.scaling.scaler._get_scale_async().to(present[0].device))
         return grads
 
     def _cancel(self: OTMDR, run: StepRun) -> None:

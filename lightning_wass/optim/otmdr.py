@@ -265,14 +265,17 @@ class OTMDR(TwoStepAPI, Optimizer):
             raise TypeError(f"context must be a callable returning a context manager, got {type(context).__name__}")
         self._progress.no_sync = context
 
-    def attach_grad_scaler(self, grad_scaler: torch.amp.GradScaler | None) -> None:
+    def attach_grad_scaler(self, grad_scaler: torch.amp.GradScaler | None, update_after_two_step: bool = False) -> None:
         """Use ``grad_scaler`` for every step that is not given one (``None`` detaches).
 
         :class:`~lightning_wass.SAMMixedPrecision` attaches its scaler, so that the two-step API in a
-        manual-optimization ``training_step`` unscales each pass too.
+        manual-optimization ``training_step`` unscales each pass too; with ``update_after_two_step``
+        the last ``second_step`` of a step also calls ``grad_scaler.update()`` (nothing else would
+        there: the plugin's ``optimizer_step`` never runs in that loop).
         """
         scaling.check_scaler(grad_scaler)
         self._progress.grad_scaler = grad_scaler
+        self._progress.update_attached_scaler = bool(update_after_two_step) and grad_scaler is not None
 
     # ------------------------------------------------------------------ read-only views of the progress
     @property
@@ -539,6 +542,7 @@ class OTMDR(TwoStepAPI, Optimizer):
         scaler = grad_scaler if grad_scaler is not None else self._progress.grad_scaler
         if scaling.is_active(scaler):
             run.scaling = scaling.ScaledPasses(scaler, self)
+            run.update_scaler = two_step and grad_scaler is None and self._progress.update_attached_scaler
         run.two_step = two_step
         self._progress.selected = False
         self._progress.last_step_skipped = False
@@ -588,12 +592,12 @@ class OTMDR(TwoStepAPI, Optimizer):
         """(a check is non-finite, a parameter is non-finite, the scaler found an inf, the loss at theta is
         non-finite), read back in one host synchronisation."""
         if stepped:
-            run.check("the gradient that was stepped", torch.stack([n.to(run.device) for n in torch._foreach_norm(stepped)]).norm())
+            run.check("the gradient that was stepped", torch.stack([n.to(run.device) for n in torch._foreach_norm(stepped, 2, dtype=torch.float32)]).norm())
         flags = [torch.zeros((), dtype=torch.bool, device=run.device)] * 4
         if run.checks:
             flags[0] = ~torch.isfinite(torch.stack([value for _, value in run.checks])).all()
         if run.params:
-            norms = torch.stack([n.to(run.device).float() for n in torch._foreach_norm(run.params)])
+            norms = torch.stack([n.to(run.device).float() for n in torch._foreach_norm(run.params, 2, dtype=torch.float32)])
             flags[1] = ~torch.isfinite(norms).all()
         if run.scaling is not None:
             if not self.sync_ascent:

@@ -16,7 +16,8 @@ closure and the scaler to ``optimizer.step(closure, grad_scaler=scaler)``:
 Other optimizers in the same Trainer are stepped exactly as by ``MixedPrecision``; with
 ``"bf16-mixed"`` (no scaler) the plugin is ``MixedPrecision`` itself. The scaler is also attached
 to the SAM-family optimizers, so the two-step API (``first_step`` / ``second_step`` after
-``self.manual_backward``) in a manual-optimization ``training_step`` unscales each pass too.
+``self.manual_backward``) in a manual-optimization ``training_step`` unscales each pass too, and
+its last ``second_step`` calls ``scaler.update()``.
 
     trainer = Trainer(plugins=[SAMMixedPrecision("16-mixed", "cuda")])
 """
@@ -49,7 +50,7 @@ class SAMMixedPrecision(MixedPrecision):
             for optimizer in optimizers:
                 target = getattr(optimizer, "_optimizer", optimizer)
                 if isinstance(target, OTMDR):
-                    target.attach_grad_scaler(self.scaler)
+                    target.attach_grad_scaler(self.scaler, update_after_two_step=True)
         return super().connect(model, optimizers, lr_schedulers)
 
     def optimizer_step(  # type: ignore[override]
