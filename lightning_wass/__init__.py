@@ -10,6 +10,7 @@ from lightning_wass.callbacks.sample_figure import SampleFigure
 from lightning_wass.callbacks.wasserstein_monitor import WassersteinMonitor
 from lightning_wass.datamodules import (
     CIFAR10DataModule,
+    CIFAR100DataModule,
     DigitsDataModule,
     FashionMNISTDataModule,
     LatentDataModule,
@@ -50,6 +51,7 @@ __all__ = [
     "WassersteinMonitor",
     # data
     "CIFAR10DataModule",
+    "CIFAR100DataModule",
     "DigitsDataModule",
     "FashionMNISTDataModule",
     "LatentDataModule",

@@ -8,7 +8,13 @@ from lightning_wass.datamodules.batch import Batch, require_index, unpack_batch
 from lightning_wass.datamodules.tensor import TensorDataModule
 from lightning_wass.datamodules.digits import DigitsDataModule
 from lightning_wass.datamodules.latent import LatentDataModule
-from lightning_wass.datamodules.images import CIFAR10DataModule, FashionMNISTDataModule, MNISTDataModule, TorchvisionImageDataModule
+from lightning_wass.datamodules.images import (
+    CIFAR10DataModule,
+    CIFAR100DataModule,
+    FashionMNISTDataModule,
+    MNISTDataModule,
+    TorchvisionImageDataModule,
+)
 from lightning_wass.datamodules.toy import TOY_NAMES, ToyDataModule, make_toy, regression_coefficients, sample_toy
 
 __all__ = [
@@ -21,6 +27,7 @@ __all__ = [
     "MNISTDataModule",
     "FashionMNISTDataModule",
     "CIFAR10DataModule",
+    "CIFAR100DataModule",
     "TorchvisionImageDataModule",
     "TOY_NAMES",
     "make_toy",

@@ -1,4 +1,4 @@
-"""MNIST, Fashion-MNIST and CIFAR-10 as in-memory DataModules on torchvision's files.
+"""MNIST, Fashion-MNIST, CIFAR-10 and CIFAR-100 as in-memory DataModules on torchvision's files.
 
 Each split is loaded whole into memory as ``uint8``; the class-balanced ``num_samples`` subset is
 drawn first and only then scaled to float32 in ``[0, 1]`` with shape ``(N, C, H, W)`` (see
@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_wass._validation import check_int
+from lightning_wass.datamodules import augment
 from lightning_wass.datamodules.base import InMemoryDataModule
 from lightning_wass.datamodules.idx import find_file, read_idx
 
@@ -248,34 +250,128 @@ class FashionMNISTDataModule(_IDXImageDataModule):
     class_names = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
 
-class CIFAR10DataModule(TorchvisionImageDataModule):
-    """CIFAR-10: 32x32 colour images, ``x`` float ``(N, 3, 32, 32)`` in ``[0, 1]``, ``y`` long.
+class _CIFARDataModule(TorchvisionImageDataModule):
+    """CIFAR-10 / CIFAR-100: torchvision's python files, and the papers' training recipe on the batches.
 
-    50,000 training images (``val_fraction`` held out, ``num_samples`` drawn from the rest) and the
-    10,000 test images. Files: torchvision's ``<data_dir>/cifar-10-batches-py/`` (``data_batch_1``
-    .. ``data_batch_5``, ``test_batch``, ``batches.meta``), read with ``torchvision.datasets.CIFAR10``.
+    Batches the Trainer receives (``on_after_batch_transfer``, on their device) are, for training
+    only, randomly cropped after zero-padding by ``crop_padding`` pixels and flipped left-right
+    (``augment=True``, the SAM and OT-MDR papers' and official codes' augmentation), then
+    normalised per channel with the data set's mean and std (``normalize=True``; the official
+    OT-MDR ``data/cifar.py`` constants), then, with ``cutout > 0``, a ``cutout x cutout`` square is
+    zeroed (davda54/sam uses 16). Validation, test and prediction batches are only normalised.
+    :meth:`tensors` and ``dataset()`` stay raw images in ``[0, 1]`` (what a VAE or a latent cache
+    reads); turn both off for a model that wants ``[0, 1]`` batches.
+
+    Args:
+        augment: random crop + horizontal flip of training batches.
+        crop_padding: zero padding before the random crop (4 in the papers).
+        cutout: side of the Cutout square, 0 for none.
+        normalize: per-channel normalisation of every batch.
+        (the rest as in :class:`TorchvisionImageDataModule`)
     """
 
-    name = "cifar10"
-    torchvision_name = "CIFAR10"
-    class_names = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+    folder: str = ""
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        download: bool = False,
+        *,
+        augment: bool = True,
+        crop_padding: int = 4,
+        cutout: int = 0,
+        normalize: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(data_dir, download, **kwargs)
+        self.augment = bool(augment)
+        self.crop_padding = check_int("crop_padding", crop_padding, minimum=0)
+        self.cutout = check_int("cutout", cutout, minimum=0)
+        self.normalize = bool(normalize)
+        self._fallback_generator = torch.Generator().manual_seed(self.seed)
 
     def expected_files(self) -> tuple[list[str], list[Path]]:
-        names = [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"]
-        return names, [self.data_dir / "cifar-10-batches-py"]
+        return list(self.file_names), [self.data_dir / self.folder]
+
+    file_names: tuple[str, ...] = ()
 
     def read_pools(self) -> dict[str, tuple[Tensor, Tensor | None]]:
-        from torchvision.datasets import CIFAR10
+        import torchvision.datasets
 
+        dataset_class = getattr(torchvision.datasets, self.torchvision_name)
         pools: dict[str, tuple[Tensor, Tensor | None]] = {}
         for split, train in (("train", True), ("test", False)):
             try:
-                dataset: Any = CIFAR10(root=str(self.data_dir), train=train, download=False)
+                dataset: Any = dataset_class(root=str(self.data_dir), train=train, download=False)
             except RuntimeError as error:  # files present but failing torchvision's checksum
                 raise FileNotFoundError(
-                    f"CIFAR10 files in {(self.data_dir / 'cifar-10-batches-py').resolve()} are corrupted or "
+                    f"{self.torchvision_name} files in {(self.data_dir / self.folder).resolve()} are corrupted or "
                     f"incomplete ({error}); delete the folder and pass download=True to fetch them again."
                 ) from error
             x = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
             pools[split] = (x, torch.as_tensor(dataset.targets, dtype=torch.long))
         return pools
+
+    # ----------------------------------------------------------------- the training recipe
+    def _generator(self) -> torch.Generator:
+        """Seeded by (seed, epoch, batch in epoch, rank): the same crops after a resume."""
+        trainer = self.trainer
+        if trainer is None:
+            return self._fallback_generator
+        loop = trainer.fit_loop
+        batch = loop.epoch_loop.batch_progress.current.ready
+        parts = (self.seed, trainer.current_epoch, batch, trainer.global_rank)
+        return torch.Generator().manual_seed(hash(parts) % (2**62))
+
+    def transform_batch(self, x: Tensor, training: bool) -> Tensor:
+        """The recipe above on a float batch ``(N, 3, H, W)`` in ``[0, 1]``."""
+        generator = self._generator() if training else None
+        if training and self.augment:
+            x = augment.random_flip(augment.random_crop(x, self.crop_padding, generator), generator)
+        if self.normalize:
+            x = augment.normalize(x, self.mean, self.std)
+        if training and self.cutout:
+            x = augment.cutout(x, self.cutout, generator)
+        return x
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if isinstance(batch, dict) and "x" in batch and (self.augment or self.normalize or self.cutout):
+            training = self.trainer is not None and bool(self.trainer.training)
+            batch = {**batch, "x": self.transform_batch(batch["x"], training)}
+        return batch
+
+
+class CIFAR10DataModule(_CIFARDataModule):
+    """CIFAR-10: 32x32 colour images, ``x`` float ``(N, 3, 32, 32)``, ``y`` long (10 classes).
+
+    50,000 training images (``val_fraction`` held out, ``num_samples`` drawn from the rest) and the
+    10,000 test images. Files: torchvision's ``<data_dir>/cifar-10-batches-py/`` (``data_batch_1``
+    .. ``data_batch_5``, ``test_batch``, ``batches.meta``), read with ``torchvision.datasets.CIFAR10``.
+    Training batches are augmented and every batch normalised (see :class:`_CIFARDataModule`).
+    """
+
+    name = "cifar10"
+    torchvision_name = "CIFAR10"
+    folder = "cifar-10-batches-py"
+    file_names = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta")
+    class_names = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+    mean = (0.4914, 0.4822, 0.4465)  # official OT-MDR data/cifar.py
+    std = (0.2471, 0.2435, 0.2616)
+
+
+class CIFAR100DataModule(_CIFARDataModule):
+    """CIFAR-100: 32x32 colour images, 100 classes (the OT-MDR paper's headline data set).
+
+    50,000 training and 10,000 test images. Files: torchvision's ``<data_dir>/cifar-100-python/``
+    (``train``, ``test``, ``meta``), read with ``torchvision.datasets.CIFAR100`` (fine labels).
+    Training batches are augmented and every batch normalised (see :class:`_CIFARDataModule`).
+    """
+
+    name = "cifar100"
+    torchvision_name = "CIFAR100"
+    folder = "cifar-100-python"
+    file_names = ("train", "test", "meta")
+    mean = (0.5070751592371323, 0.48654887331495095, 0.4409178433670343)  # official OT-MDR data/cifar.py
+    std = (0.2673342858792401, 0.2564384629170883, 0.27615047132568404)
