@@ -297,3 +297,60 @@ def test_davda54_lightning_manual_optimization_recipe_runs_unchanged():
     quiet_trainer(max_epochs=1).fit(module, DataLoader(data, batch_size=32, shuffle=False))
     torch.testing.assert_close(flat(module.net), flat(ref), rtol=1e-5, atol=1e-6)
     assert module.optimizers().optimizer.completed_steps == 3
+
+
+def test_averaged_chain_direction_is_the_official_mode_1_1():
+    # SAM_batch_chain.first_step with mode 1.1: p_grad = (g_0 + ... + g_s) / (s + 1), norm of the current g_s
+    rho = (0.05, 0.1)
+    x, y = make_batches(1, size=20)[0]
+    ref = make_mlp()
+    params = list(ref.parameters())
+    theta0 = [p.detach().clone() for p in params]
+    g1 = grads_at(ref, x[:10], y[:10])
+    with torch.no_grad():
+        n1 = torch.sqrt(sum((g**2).sum() for g in g1))
+        for p, g in zip(params, g1):
+            p.add_(rho[0] * g / n1)
+    g2 = grads_at(ref, x[10:], y[10:])
+    with torch.no_grad():
+        n2 = torch.sqrt(sum((g**2).sum() for g in g2))
+        for p, a, b in zip(params, g1, g2):
+            p.add_(rho[1] * (a + b) / 2 / n2)
+    final = grads_at(ref, x, y)
+    with torch.no_grad():
+        for p, t in zip(params, theta0):
+            p.copy_(t)
+    step_with(ref, torch.optim.SGD(ref.parameters(), lr=0.1), final)
+
+    model = make_mlp()
+    opt = OTMDR(model.parameters(), torch.optim.SGD, rho=rho, noise_std=0.0, chain_direction="averaged", lr=0.1)
+    for xb, yb in ((x[:10], y[:10]), (x[10:], y[10:])):
+        loss_fn(model, xb, yb).backward()
+        opt.first_step(zero_grad=True)
+    loss_fn(model, x, y).backward()
+    opt.second_step(zero_grad=True)
+    torch.testing.assert_close(flat(model), flat(ref), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("form", ["closure", "two-step"])
+def test_final_passes_freeze_updates_batchnorm_on_the_ascent_passes_as_the_official_code(form):
+    # official train_otmrd.py: enable_running_stats before B1 (B1 and B2 update), disable before the final pass
+    x, y = make_batches(1, size=20)[0]
+    model = make_mlp(batch_norm=True)
+    probe = copy.deepcopy(model)
+    opt = OTMDR(model.parameters(), torch.optim.SGD, rho=(0.05, 0.1), noise_std=0.0, chunked_ascent=True,
+                freeze_norm_stats="final_passes", lr=0.1)
+    if form == "closure":
+        opt.step(closure_for(model, opt, x, y, chunks=True))
+    else:
+        for xb, yb in ((x[:10], y[:10]), (x[10:], y[10:])):
+            loss_fn(model, xb, yb).backward()
+            opt.first_step(zero_grad=True)
+        loss_fn(model, x, y).backward()
+        opt.second_step(zero_grad=True)
+    assert int(model[1].num_batches_tracked) == 2  # B1 and B2, not the final pass
+    with torch.no_grad():  # the statistics the official pattern leaves: B1 at theta, then B2 at theta_1
+        probe(x[:10])
+    assert not torch.allclose(model[1].running_mean, probe[1].running_mean)  # B2 counted too
+    with pytest.raises(ValueError, match="freeze_norm_stats"):
+        OTMDR(model.parameters(), torch.optim.SGD, freeze_norm_stats="sometimes", lr=0.1)

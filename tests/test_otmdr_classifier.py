@@ -360,3 +360,16 @@ def test_bnn_noise_patterns_across_the_passes_of_one_step(pattern):
     else:  # official: fresh draws per ascent pass; the final pass reuses the last draw of B2 for all draws
         assert set(b1).isdisjoint(b2)
         assert final == (b2[-1],) * 3
+
+
+def test_official_label_smoothing_puts_eps_over_c_minus_1_on_the_wrong_classes():
+    # the official smooth_crossentropy: target (1 - eps) on y, eps / (C - 1) elsewhere; KL(target || p)
+    model = OTMDRClassifier(MLPClassifier((1, 8, 8)), label_smoothing=0.1, label_smoothing_mode="others")
+    log_probs = torch.log_softmax(torch.randn(6, 10), -1)
+    y = torch.tensor([0, 3, 9, 2, 2, 5])
+    target = torch.full((6, 10), 0.1 / 9).scatter_(1, y[:, None], 0.9)
+    kl = F.kl_div(log_probs, target, reduction="none").sum(-1).mean()
+    entropy = -(target * target.log()).sum(-1).mean()
+    torch.testing.assert_close(model.data_loss(log_probs, y), kl + entropy)
+    uniform = OTMDRClassifier(MLPClassifier((1, 8, 8)), label_smoothing=0.1)
+    torch.testing.assert_close(uniform.data_loss(log_probs, y), F.cross_entropy(log_probs, y, label_smoothing=0.1))

@@ -106,7 +106,10 @@ class OTMDRClassifier(pl.LightningModule):
         noise_std: OT-MDR Langevin noise.
         adaptive: ASAM geometry (SAM and OT-MDR).
         chunked_ascent: OT-MDR ascent passes on disjoint chunks of the batch (official variant).
-        chain_direction: ``"summed"`` (official) or ``"current"``.
+        chain_direction: ``"summed"`` (official single model), ``"averaged"`` (official ensembles) or ``"current"``.
+        particle_reduction: OT-MDR: ``"mean"`` or ``"sum"`` (official) of the particles' gradients.
+        freeze_norm_stats: ``True`` (BatchNorm statistics from the first pass only), ``"final_passes"``
+            (updated on the ascent passes too: the official code) or ``False``.
         sync_ascent: DDP: perturb from replica-averaged gradients (``False``: per replica, m-sharpness).
         perturb_sigma: BNN: perturb the sigmas too (default: the means only).
         kl_weight: BNN: weight of the KL term (1 = the ELBO).
@@ -117,6 +120,8 @@ class OTMDRClassifier(pl.LightningModule):
             draws per ascent pass, the final pass reusing the last one); see :meth:`draw_seeds`.
         mc_samples: BNN: Monte-Carlo draws for validation / test / prediction.
         label_smoothing: label smoothing of the training NLL (0.1 in the paper's CIFAR runs).
+        label_smoothing_mode: ``"uniform"`` (``eps / C`` on every class) or ``"others"`` (``eps / (C - 1)``
+            on the wrong classes, the official code); see :meth:`data_loss`.
         ece_bins: bins of the expected calibration error.
         seed: seeds the OT-MDR noise and the BNN's shared weight noise.
     """
@@ -140,6 +145,8 @@ class OTMDRClassifier(pl.LightningModule):
         adaptive: bool = False,
         chunked_ascent: bool = True,
         chain_direction: str = "summed",
+        particle_reduction: str = "mean",
+        freeze_norm_stats: bool | str = True,
         sync_ascent: bool = True,
         perturb_sigma: bool = False,
         kl_weight: float = 1.0,
@@ -148,6 +155,7 @@ class OTMDRClassifier(pl.LightningModule):
         bnn_noise: str = "shared",
         mc_samples: int = 10,
         label_smoothing: float = 0.0,
+        label_smoothing_mode: str = "uniform",
         ece_bins: int = 15,
         seed: int = 0,
     ) -> None:
@@ -181,6 +189,7 @@ class OTMDRClassifier(pl.LightningModule):
         check_choice("bnn_noise", bnn_noise, BNN_NOISE)
         check_int("mc_samples", mc_samples, minimum=1)
         check_fraction("label_smoothing", label_smoothing)
+        check_choice("label_smoothing_mode", label_smoothing_mode, ("uniform", "others"))
         check_int("ece_bins", ece_bins, minimum=1)
         check_int("seed", seed)
 
@@ -214,11 +223,21 @@ class OTMDRClassifier(pl.LightningModule):
         return torch.logsumexp(stacked, dim=0) - math.log(stacked.shape[0])
 
     def data_loss(self, log_probs: Tensor, y: Tensor) -> Tensor:
-        """Mean NLL of the targets, with label smoothing ``epsilon``: ``(1 - eps) NLL + eps mean_c(-log p_c)``."""
+        """Mean cross-entropy of the targets with label smoothing ``eps``:
+
+        - ``label_smoothing_mode="uniform"``: ``(1 - eps) NLL + eps mean_c(-log p_c)`` (``eps / C`` on
+          every class; torch's ``cross_entropy(label_smoothing=eps)``);
+        - ``"others"``: ``-(1 - eps) log p_y - eps / (C - 1) sum_{c != y} log p_c`` (the official code's
+          ``smooth_crossentropy``; its ``kl_div`` form differs by the target's entropy, a constant).
+        """
         nll = F.nll_loss(log_probs, y)
         eps = self.hparams.label_smoothing
         if eps == 0:
             return nll
+        if self.hparams.label_smoothing_mode == "others":
+            classes = log_probs.shape[-1]
+            others = -(log_probs.sum(-1).mean() + nll)  # mean over the batch of -sum_{c != y} log p_c
+            return (1 - eps) * nll + eps / (classes - 1) * others
         return (1 - eps) * nll - eps * log_probs.mean(-1).mean()
 
     def kl_term(self) -> Tensor:
@@ -348,7 +367,8 @@ class OTMDRClassifier(pl.LightningModule):
         if self.method == "base":
             return base(groups, **kwargs)
         if self.method == "sam":
-            return SAM(groups, base, rho=self.rho[0], adaptive=hp.adaptive, sync_ascent=hp.sync_ascent, **kwargs)
+            return SAM(groups, base, rho=self.rho[0], adaptive=hp.adaptive, sync_ascent=hp.sync_ascent,
+                       freeze_norm_stats=hp.freeze_norm_stats, **kwargs)
         return OTMDR(
             groups,
             base,
@@ -357,6 +377,8 @@ class OTMDRClassifier(pl.LightningModule):
             noise_std=hp.noise_std,
             adaptive=hp.adaptive,
             chain_direction=hp.chain_direction,
+            particle_reduction=hp.particle_reduction,
+            freeze_norm_stats=hp.freeze_norm_stats,
             chunked_ascent=hp.chunked_ascent,
             sync_ascent=hp.sync_ascent,
             seed=hp.seed,

@@ -78,7 +78,10 @@ class TwoStepAPI:
                                          grad_scaler=grad_scaler, rescale=not zero_grad)
         run.history = self._ascend_chain(run, grads, run.history, k, s)
         run.ascent_step += 1
-        if self.freeze_norm_stats and run.frozen is None:
+        freeze_now = self.freeze_norm_stats is True or (
+            self.freeze_norm_stats == "final_passes" and run.ascent_step == self.ascent_steps
+        )
+        if freeze_now and run.frozen is None:  # the next pass is perturbed (True) or final ("final_passes")
             run.frozen = ExitStack()
             run.frozen.enter_context(frozen_running_stats())
         if zero_grad:
@@ -113,6 +116,8 @@ class TwoStepAPI:
         run.add_final(final)
         run.restore_theta()
         if run.particle + 1 < self.num_particles:
+            if self.freeze_norm_stats == "final_passes":
+                run.release()  # the next particle's ascent passes update the statistics again
             run.particle += 1
             run.ascent_step = 0
             run.history = []

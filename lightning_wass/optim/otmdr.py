@@ -19,8 +19,9 @@ current parameters ``theta_0``::
         G_k = grad L(theta_S)                               (the final pass of the particle)
     theta <- base_optimizer step at theta_0 with the gradient (1/K) sum_k G_k   (or the sum)
 
-``d_s = g_0 + ... + g_s`` (``chain_direction="summed"``, the official code's ``merge_grad``) or
-``d_s = g_s`` (``"current"``); ``T = |theta| + eta`` with ``adaptive=True``, else ``T = 1``.
+``d_s = g_0 + ... + g_s`` (``chain_direction="summed"``, the official code's ``merge_grad``,
+``mode 1``), ``d_s = (g_0 + ... + g_s) / (s + 1)`` (``"averaged"``: the official ``mode 1.1`` of its
+ensemble runs) or ``d_s = g_s`` (``"current"``); ``T = |theta| + eta`` with ``adaptive=True``, else ``T = 1``.
 ``num_particles=1, ascent_steps=1, noise_std=0`` is exactly SAM. The radius of step ``s`` is
 ``group["rho"] * group["rho_fractions"][s]``: ``group["rho"]`` is one plain number (the largest
 radius) that a schedule may set.
@@ -64,7 +65,8 @@ from lightning_wass.optim._step_run import Grads, Progress, StepRun
 from lightning_wass.optim._two_step import TwoStepAPI
 from lightning_wass.optim.passes import PassInfo
 
-CHAIN_DIRECTIONS = ("summed", "current")
+CHAIN_DIRECTIONS = ("summed", "averaged", "current")
+NORM_STATS_FREEZES = (True, False, "final_passes")
 PARTICLE_REDUCTIONS = ("mean", "sum")
 
 _NO_CLOSURE = (
@@ -96,7 +98,8 @@ class OTMDR(TwoStepAPI, Optimizer):
         ascent_steps: ``S``, the chain length (default ``len(rho)``, or 1 for a number).
         noise_std: ``sigma``, the Langevin noise added after each ascent step.
         adaptive, adaptive_eta: ASAM geometry ``T = |theta| + eta``.
-        chain_direction: ``"summed"`` (official) or ``"current"``.
+        chain_direction: ``"summed"`` (official single model, ``mode 1``), ``"averaged"`` (official
+            ensembles, ``mode 1.1``) or ``"current"``.
         chunked_ascent: ascent passes on disjoint chunks of the batch. Default (``None``): on when
             ``K > 1`` (each particle its own chunks: identical particles would waste K-fold work, so
             ``K > 1`` with ``chunked_ascent=False`` or ``ascent_steps=1`` is refused), off for ``K = 1``.
@@ -108,8 +111,10 @@ class OTMDR(TwoStepAPI, Optimizer):
         sync_ascent: under DDP, compute the perturbation from gradients averaged over replicas
             (default). ``False``: from each replica's own gradient (the SAM paper's m-sharpness);
             the ascent passes then run inside the context given to :meth:`attach_no_sync`.
-        freeze_norm_stats: keep BatchNorm running statistics unchanged on every pass but the first
-            (works on ``torch.compile``-d models too).
+        freeze_norm_stats: ``True``: BatchNorm running statistics change on the first pass only
+            (works on ``torch.compile``-d models too); ``"final_passes"``: they change on every
+            ascent pass and stay frozen on the final passes (the official code's
+            ``enable_running_stats`` / ``disable_running_stats`` pattern); ``False``: never frozen.
         seed: seeds the noise and the chunk permutations (with the step number and particle), so a
             resumed run draws the same noise as an uninterrupted one.
         **base_kwargs: passed to ``base_optimizer`` (``lr``, ``momentum``, ``weight_decay``, ...);
@@ -162,7 +167,7 @@ class OTMDR(TwoStepAPI, Optimizer):
         particle_reduction: str = "mean",
         interval: int = 1,
         sync_ascent: bool = True,
-        freeze_norm_stats: bool = True,
+        freeze_norm_stats: bool | str = True,
         seed: int = 0,
         **base_kwargs: Any,
     ) -> None:
@@ -178,7 +183,9 @@ class OTMDR(TwoStepAPI, Optimizer):
         self.particle_reduction = check_choice("particle_reduction", particle_reduction, PARTICLE_REDUCTIONS)
         self.interval = check_int("interval", interval, minimum=1)
         self.sync_ascent = bool(sync_ascent)
-        self.freeze_norm_stats = bool(freeze_norm_stats)
+        if freeze_norm_stats not in NORM_STATS_FREEZES:
+            raise ValueError(f"freeze_norm_stats must be True, False or 'final_passes', got {freeze_norm_stats!r}")
+        self.freeze_norm_stats = freeze_norm_stats
         self.seed = check_int("seed", seed)
         options.check_base_kwargs(base_kwargs)
         base_factory = self._check_base_optimizer(base_optimizer)
@@ -346,7 +353,7 @@ class OTMDR(TwoStepAPI, Optimizer):
                 if all(g is None for g in g0):
                     raise RuntimeError(f"{run.where}: the closure produced no gradients; it must call backward() on the loss it returns")
                 self._check_chunks_honoured(run)
-                with frozen_running_stats() if self.freeze_norm_stats else nullcontext():
+                with frozen_running_stats() if self.freeze_norm_stats is True else nullcontext():
                     for k in range(self.num_particles):
                         run.add_final(self._particle_chain(run, closure, k, g0 if k == 0 else None))
                         if k + 1 < self.num_particles:  # later passes must not overwrite the running sum
@@ -377,25 +384,30 @@ class OTMDR(TwoStepAPI, Optimizer):
                 self._pass(run, closure, self._info(run, k, s + 1, perturbed=True), ascent=True)
                 grads = run.gradients()
         run.kept.keep("history", None)
-        self._pass(run, closure, self._info(run, k, None, perturbed=True), ascent=False)
+        with frozen_running_stats() if self.freeze_norm_stats == "final_passes" else nullcontext():
+            self._pass(run, closure, self._info(run, k, None, perturbed=True), ascent=False)
         return run.gradients()
 
     def _ascend_chain(self, run: StepRun, grads: Grads, history: list[Grads], k: int, s: int) -> list[Grads]:
         """Ascent step ``s`` of particle ``k`` from ``grads``; returns the chain's gradients so far."""
-        terms = history + [grads] if self.chain_direction == "summed" else [grads]
+        chained = self.chain_direction != "current"
+        terms = history + [grads] if chained else [grads]
         seed = P.mix_seed(self.seed, run.step_number, k, s, 0, self._seed_rank())
-        norm = self.ascend(grads, terms, s, seed)
+        scale = 1.0 / (s + 1) if self.chain_direction == "averaged" else 1.0
+        norm = self.ascend(grads, terms, s, seed, direction_scale=scale)
         run.check(f"the gradient norm of particle {k}, ascent step {s}", norm)
-        return terms if self.chain_direction == "summed" else []
+        return terms if chained else []
 
     # ------------------------------------------------------------------ the ascent rule
-    def ascend(self, gradient: Grads, direction_terms: list[Grads], ascent_step: int, noise_seed: int) -> Tensor:
+    def ascend(
+        self, gradient: Grads, direction_terms: list[Grads], ascent_step: int, noise_seed: int, direction_scale: float = 1.0
+    ) -> Tensor:
         """One normalised ascent step on every perturbable group, in place::
 
-            theta <- theta + rho_s T^2 (sum of direction_terms) / ||T gradient|| + sigma xi
+            theta <- theta + rho_s T^2 c (sum of direction_terms) / ||T gradient|| + sigma xi
 
         with one norm over all perturbable groups, ``rho_s = group["rho"] * group["rho_fractions"][s]``
-        and ``xi ~ N(0, I)`` drawn from ``noise_seed``. Lists are aligned with the parameters of
+        ``c = direction_scale`` and ``xi ~ N(0, I)`` drawn from ``noise_seed``. Lists are aligned with the parameters of
         ``self.param_groups`` (flattened); ``None`` entries count as zero. Returns ``||T gradient||``
         (a 0-d tensor). Override to change the ascent rule.
         """
@@ -414,7 +426,7 @@ class OTMDR(TwoStepAPI, Optimizer):
             ps = [params[i] for i in live]
             t = P.scaling(ps, group["adaptive"], group["adaptive_eta"])
             squares = squares + P.sum_of_squares([gradient[i] for i in live], t, device)  # type: ignore[misc]
-            radius = options.group_radius(group, j, ascent_step, self.ascent_steps)
+            radius = options.group_radius(group, j, ascent_step, self.ascent_steps) * direction_scale
             work.append((j, group, ps, [[term[i] for i in live] for term in direction_terms], t, radius))
         norm = squares.sqrt()
         host_norm = float(norm) if device.type == "cpu" else None  # reading it back is free on CPU

@@ -54,7 +54,7 @@ class SAM(OTMDR):
         adaptive_eta: float = 0.0,
         interval: int = 1,
         sync_ascent: bool = True,
-        freeze_norm_stats: bool = True,
+        freeze_norm_stats: bool | str = True,
         **base_kwargs: Any,
     ) -> None:
         super().__init__(
