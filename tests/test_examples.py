@@ -98,3 +98,35 @@ def test_sam_lightning_example_logs_the_loss_at_theta_and_follows_the_rho_schedu
     rho = trainer.optimizers[0].param_groups[0]["rho"]
     assert 0.01 <= rho < 0.05  # GSAM's rho_t followed the cosine decay down from rho_max
     assert float(trainer.callback_metrics["train_loss"]) > 0
+
+
+CIFAR_CONFIGS = sorted(p for p in CONFIGS if "cifar" in p.stem and p.stem.startswith(("otmdr_", "sam_")))
+SMALL_NETWORK = {  # the configs' own networks are for GPUs: a WRN-28-10 step is minutes on 2 CPU cores
+    "lightning_wass.nn.WideResNet": ["--model.init_args.network.init_args.depth=10",
+                                     "--model.init_args.network.init_args.widen_factor=1"],
+    "lightning_wass.nn.BayesianConvClassifier": ["--model.init_args.network.init_args.width=8"],
+}
+
+
+@pytest.mark.parametrize("config_path", CIFAR_CONFIGS, ids=[c.stem for c in CIFAR_CONFIGS])
+def test_cifar_config_trains_two_batches_on_files_in_the_real_format(config_path: Path, tmp_path: Path, monkeypatch) -> None:
+    import torchvision.datasets.cifar as cifar
+    from test_datamodules_cifar import write_fake_cifar100
+    from test_datamodules_images import write_fake_cifar
+
+    config = yaml.safe_load(config_path.read_text())
+    if "CIFAR100" in config["data"]["class_path"]:
+        write_fake_cifar100(tmp_path, n_train=400, n_test=50)
+    else:
+        write_fake_cifar(tmp_path, n_train_batch=20, n_test=20)
+    monkeypatch.setattr(cifar.CIFAR10, "_check_integrity", lambda self: True)  # fake files fail the MD5 sums
+    monkeypatch.setattr(cifar, "check_integrity", lambda *args, **kwargs: True)
+    network = config["model"]["init_args"]["network"]
+    overrides = SMALL_NETWORK.get(network.get("class_path") if isinstance(network, dict) else None, [])
+    monkeypatch.chdir(tmp_path)
+    cli = build_cli(["--config", str(config_path), f"--data.init_args.data_dir={tmp_path}", "--data.init_args.batch_size=8",
+                     "--data.init_args.val_fraction=0.1", f"--trainer.default_root_dir={tmp_path}", "--trainer.accelerator=cpu",
+                     "--trainer.devices=1", "--trainer.fast_dev_run=2", "--trainer.precision=32-true",
+                     "--trainer.enable_progress_bar=false", *overrides], run=False)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert cli.trainer.state.finished and cli.trainer.global_step == 2

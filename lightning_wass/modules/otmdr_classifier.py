@@ -56,7 +56,7 @@ BASE_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
     "adamw": torch.optim.AdamW,
 }
-SCHEDULERS = ("cosine", "none")
+SCHEDULERS = ("cosine", "plateau", "none")
 
 
 class _Brier(MeanMetric):
@@ -99,7 +99,10 @@ class OTMDRClassifier(pl.LightningModule):
         method: ``"otmdr"``, ``"sam"`` or ``"base"``.
         base_optimizer: ``"sgd"``, ``"adam"`` or ``"adamw"``.
         lr, momentum, weight_decay, nesterov: base optimizer settings (``momentum``/``nesterov`` for SGD).
-        scheduler: ``"cosine"`` (cosine annealing over the run, per epoch) or ``"none"``.
+        scheduler: ``"cosine"`` (cosine annealing over the run, per epoch), ``"plateau"`` (learning rate
+            divided by 10 after ``plateau_patience`` epochs without a lower ``val/nll``: the official BNN
+            run) or ``"none"``.
+        plateau_patience: epochs without improvement before ``"plateau"`` lowers the learning rate.
         rho: radius (SAM), or OT-MDR radius per ascent step (a number is used for every step).
         ascent_steps: OT-MDR chain length (default ``len(rho)`` for a list, else 2).
         num_particles: OT-MDR particles ``K``.
@@ -138,6 +141,7 @@ class OTMDRClassifier(pl.LightningModule):
         weight_decay: float = 5e-4,
         nesterov: bool = False,
         scheduler: str = "cosine",
+        plateau_patience: int = 6,
         rho: float | list[float] = 0.05,
         ascent_steps: int | None = None,
         num_particles: int = 1,
@@ -169,6 +173,7 @@ class OTMDRClassifier(pl.LightningModule):
         check_positive("momentum", momentum, allow_zero=True)
         check_positive("weight_decay", weight_decay, allow_zero=True)
         check_choice("scheduler", scheduler, SCHEDULERS)
+        check_int("plateau_patience", plateau_patience, minimum=0)
         if isinstance(rho, (list, tuple)):
             self.rho: tuple[float, ...] = tuple(check_positive(f"rho[{i}]", r, allow_zero=True) for i, r in enumerate(rho))
             if not self.rho:
@@ -402,6 +407,10 @@ class OTMDRClassifier(pl.LightningModule):
                 optimizer.attach_no_sync(block)
         if self.hparams.scheduler == "none":
             return optimizer
+        if self.hparams.scheduler == "plateau":  # the official BNN run: ReduceLROnPlateau(patience=6) on the eval loss
+            plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, patience=self.hparams.plateau_patience)
+            return {"optimizer": optimizer,
+                    "lr_scheduler": {"scheduler": plateau, "interval": "epoch", "monitor": "val/nll", "strict": True}}
         max_epochs = self.trainer.max_epochs
         if max_epochs is not None and max_epochs > 0:
             schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max_epochs)
