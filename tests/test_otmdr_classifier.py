@@ -50,7 +50,7 @@ def test_each_method_trains_and_reports_the_four_metrics(method, optimizer_type)
     assert type(t.optimizers[0]) is optimizer_type
     assert {"val/acc", "val/nll", "val/ece", "val/brier"} <= set(t.callback_metrics)
     result = t.test(model, dm, verbose=False)[0]
-    assert set(result) == {"test/acc", "test/nll", "test/ece", "test/brier"}
+    assert set(result) == {"test/acc", "test/nll", "test/ece", "test/brier", "test/ece_ts", "test/nll_ts"}
     assert result["test/acc"] > 0.85  # chance is 0.1
 
 
@@ -373,3 +373,48 @@ def test_official_label_smoothing_puts_eps_over_c_minus_1_on_the_wrong_classes()
     torch.testing.assert_close(model.data_loss(log_probs, y), kl + entropy)
     uniform = OTMDRClassifier(MLPClassifier((1, 8, 8)), label_smoothing=0.1)
     torch.testing.assert_close(uniform.data_loss(log_probs, y), F.cross_entropy(log_probs, y, label_smoothing=0.1))
+
+
+# ------------------------------------------------------------------ ensemble diversity and temperature scaling
+def test_pairwise_disagreement_is_the_mean_over_member_pairs_of_differing_predictions():
+    from lightning_wass.modules.classifier_metrics import PairwiseDisagreement
+
+    # three members, four samples; predicted classes per member written out
+    predicted = torch.tensor([[0, 1, 2, 3], [0, 1, 0, 0], [1, 1, 2, 0]])
+    probs = F.one_hot(predicted, 4).float() * 0.7 + 0.075
+    metric = PairwiseDisagreement()
+    metric.update(probs)
+    pairs = [(0, 1), (0, 2), (1, 2)]
+    expected = np.mean([[float(predicted[a, n] != predicted[b, n]) for a, b in pairs] for n in range(4)])
+    assert float(metric.compute()) == pytest.approx(expected)
+
+
+def test_fitted_temperature_recovers_the_temperature_that_generated_the_labels():
+    from lightning_wass.modules.classifier_metrics import fit_temperature
+
+    g = torch.Generator().manual_seed(0)
+    logits = 3 * torch.randn(20000, 5, generator=g)
+    labels = torch.multinomial(torch.softmax(logits / 2.0, -1), 1, generator=g).squeeze(1)  # calibrated at T = 2
+    temperature = fit_temperature(torch.log_softmax(logits, -1), labels)
+    assert float(temperature) == pytest.approx(2.0, rel=0.05)
+
+
+def test_an_ensemble_logs_disagreement_and_temperature_scaled_calibration():
+    nets = [MLPClassifier((1, 8, 8), hidden=(16,)), MLPClassifier((1, 8, 8), hidden=(8,))]
+    model = OTMDRClassifier(nets, method="sam", rho=0.05, lr=0.05)
+    dm = digits(num_samples=256)
+    t = trainer(max_epochs=2)
+    t.fit(model, dm)
+    assert 0.0 <= float(t.callback_metrics["val/disagreement"]) <= 1.0
+    temperature = float(model.temperature)
+    assert temperature > 0 and float(t.callback_metrics["val/temperature"]) == pytest.approx(temperature)
+    # the fitted temperature does not raise the validation NLL (it minimises it)
+    model.eval()
+    with torch.no_grad():
+        x, y = dm.tensors("val")
+        log_probs = model.log_probs(x)
+    nll = F.nll_loss(log_probs, y)
+    nll_tempered = F.cross_entropy(log_probs / temperature, y)
+    assert float(nll_tempered) <= float(nll) + 1e-6
+    results = t.test(model, dm, verbose=False)[0]
+    assert {"test/ece_ts", "test/nll_ts", "test/disagreement", "test/ece"} <= set(results)

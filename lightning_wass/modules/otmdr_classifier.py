@@ -37,11 +37,16 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import MeanMetric, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 
 from lightning_wass._validation import check_choice, check_fraction, check_int, check_positive, raise_if_diverged
 from lightning_wass.datamodules import unpack_batch
+from lightning_wass.modules.classifier_metrics import (
+    PairwiseDisagreement,
+    calibration_metrics,
+    classifier_metrics,
+    fit_temperature,
+    tempered,
+)
 from lightning_wass.nn.bayesian import bayesian_parameter_groups, is_bayesian, kl_divergence, shared_noise
 from lightning_wass.nn.classifiers import Ensemble
 from lightning_wass.optim import OTMDR, SAM
@@ -57,34 +62,6 @@ BASE_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adamw": torch.optim.AdamW,
 }
 SCHEDULERS = ("cosine", "plateau", "none")
-
-
-class _Brier(MeanMetric):
-    """Mean over samples of ``sum_c (p_c - 1[c = y])^2`` (torchmetrics has no multiclass Brier score)."""
-
-    def update(self, probs: Tensor, target: Tensor) -> None:  # type: ignore[override]
-        onehot = F.one_hot(target, probs.shape[-1]).to(probs.dtype)
-        super().update((probs - onehot).square().sum(-1))
-
-
-class _NLL(MeanMetric):
-    """Mean negative log-likelihood ``-log p_y`` of predicted probabilities."""
-
-    def update(self, probs: Tensor, target: Tensor) -> None:  # type: ignore[override]
-        p = probs.gather(-1, target[:, None]).squeeze(-1)
-        super().update(-torch.log(p.clamp_min(1e-12)))
-
-
-def _metrics(num_classes: int, ece_bins: int, prefix: str) -> MetricCollection:
-    return MetricCollection(
-        {
-            "acc": MulticlassAccuracy(num_classes=num_classes, average="micro"),
-            "nll": _NLL(),
-            "ece": MulticlassCalibrationError(num_classes=num_classes, n_bins=ece_bins, norm="l1"),
-            "brier": _Brier(),
-        },
-        prefix=prefix,
-    )
 
 
 class OTMDRClassifier(pl.LightningModule):
@@ -201,8 +178,13 @@ class OTMDRClassifier(pl.LightningModule):
         self.model = Ensemble.build(network, ensemble_size)
         self.bayesian = is_bayesian(self.model)
         self._train_size = train_size
-        self.val_metrics = _metrics(self.num_classes, ece_bins, "val/")
-        self.test_metrics = _metrics(self.num_classes, ece_bins, "test/")
+        self.val_metrics = classifier_metrics(self.num_classes, ece_bins, "val/")
+        self.test_metrics = classifier_metrics(self.num_classes, ece_bins, "test/")
+        self.test_scaled_metrics = calibration_metrics(self.num_classes, ece_bins, "test/", suffix="_ts")
+        self.val_disagreement = PairwiseDisagreement()
+        self.test_disagreement = PairwiseDisagreement()
+        self.register_buffer("temperature", torch.ones(()))  # fitted on the validation split, kept in checkpoints
+        self._val_outputs: list[tuple[Tensor, Tensor]] = []
 
     # ------------------------------------------------------------------ the model
     def forward(self, x: Tensor) -> Tensor:
@@ -218,14 +200,23 @@ class OTMDRClassifier(pl.LightningModule):
         ``draw_seeds``: one seed per draw ``w_s`` (the training step's common random numbers, see
         :meth:`draw_seeds`); without them every draw is fresh.
         """
+        return self.mixture(self.member_log_probs(x, samples, draw_seeds))
+
+    def member_log_probs(self, x: Tensor, samples: int = 1, draw_seeds: list[int] | None = None) -> Tensor:
+        """``log softmax(f_m(x; w_s))`` of every draw ``s`` and member ``m``: ``(S, M, N, K)``."""
         if draw_seeds is not None and len(draw_seeds) != samples:
             raise ValueError(f"draw_seeds has {len(draw_seeds)} seeds for {samples} draws")
         draws = []
         for s in range(samples):
             with shared_noise(self.model, draw_seeds[s]) if draw_seeds is not None else nullcontext():
                 draws.append(F.log_softmax(self.model(x).float(), dim=-1))  # each (M, N, K)
-        stacked = torch.cat(draws, dim=0)
-        return torch.logsumexp(stacked, dim=0) - math.log(stacked.shape[0])
+        return torch.stack(draws)
+
+    @staticmethod
+    def mixture(member_log_probs: Tensor) -> Tensor:
+        """``log (1 / (S M)) sum_{s, m} p_{s, m}`` of ``(S, M, N, K)`` log-probabilities: ``(N, K)``."""
+        flat = member_log_probs.flatten(0, 1)
+        return torch.logsumexp(flat, dim=0) - math.log(flat.shape[0])
 
     def data_loss(self, log_probs: Tensor, y: Tensor) -> Tensor:
         """Mean cross-entropy of the targets with label smoothing ``eps``:
@@ -341,21 +332,60 @@ class OTMDRClassifier(pl.LightningModule):
         return loss
 
     # ------------------------------------------------------------------ evaluation
-    def _evaluate(self, batch: Any, metrics: MetricCollection) -> None:
+    def _evaluate(self, batch: Any, stage: str) -> None:
+        """Accuracy, NLL, ECE, Brier; for ensembles the members' disagreement; on the test split
+        also ECE / NLL after temperature scaling with the temperature fitted on the validation split.
+
+        An ensemble's prediction is computed once from :meth:`member_log_probs` (whose mixture is
+        :meth:`log_probs`), so the disagreement costs no extra forward pass.
+        """
         data = unpack_batch(batch)
         if data.y is None:
             raise ValueError("OTMDRClassifier evaluates on labelled batches")
         self.check_labels(data.y)
-        probs = self(data.x)
-        self.check_output_width(probs)
-        metrics.update(probs, data.y)
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=metrics is self.val_metrics)
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        if len(self.model) > 1:
+            members = self.member_log_probs(data.x, self._eval_samples())
+            log_probs = self.mixture(members)
+            disagreement = self.val_disagreement if stage == "val" else self.test_disagreement
+            disagreement.update(members.exp().mean(0))
+            self.log(f"{stage}/disagreement", disagreement, on_step=False, on_epoch=True)
+        else:
+            log_probs = self.log_probs(data.x, self._eval_samples())
+        self.check_output_width(log_probs)
+        metrics.update(log_probs.exp(), data.y)
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val")
+        if stage == "val" and not self.trainer.sanity_checking:
+            self._val_outputs.append((log_probs.detach(), data.y.detach()))
+        if stage == "test":
+            self.test_scaled_metrics.update(tempered(log_probs, self.temperature), data.y)
+            self.log_dict(self.test_scaled_metrics, on_step=False, on_epoch=True)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._evaluate(batch, self.val_metrics)
+        self._evaluate(batch, "val")
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("state_dict", {})
+        state.setdefault("temperature", torch.ones(()))  # checkpoints saved before temperature scaling
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_outputs = []
+
+    def on_validation_epoch_end(self) -> None:
+        """Fit the temperature on this epoch's validation predictions (all processes' under DDP)."""
+        if not self._val_outputs:
+            return
+        log_probs = torch.cat([lp for lp, _ in self._val_outputs])
+        target = torch.cat([y for _, y in self._val_outputs])
+        self._val_outputs = []
+        if self.trainer.world_size > 1:
+            log_probs = self.all_gather(log_probs).flatten(0, 1)  # equal shards: the DistributedSampler pads
+            target = self.all_gather(target).flatten(0, 1)
+        self.temperature.copy_(fit_temperature(log_probs, target).to(self.temperature))
+        self.log("val/temperature", self.temperature, on_step=False, on_epoch=True)
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metrics)
+        self._evaluate(batch, "test")
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
         return self(unpack_batch(batch).x)
