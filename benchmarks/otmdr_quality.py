@@ -18,6 +18,10 @@ and optimizer), trained by a plain loop here (no Trainer) to keep the run within
     .venv/bin/python benchmarks/otmdr_quality.py                 # digits: 42 training runs of 30 epochs
     .venv/bin/python benchmarks/otmdr_quality.py --epochs 10     # about a third of the time
     .venv/bin/python benchmarks/otmdr_quality.py --quick         # a smoke run (about a minute)
+    .venv/bin/python benchmarks/otmdr_quality.py --suite mixed-ensemble --epochs 15 --grid 0.02 0.05 0.1
+        # an ensemble of three different networks, our settings and the official code's side by side
+    .venv/bin/python benchmarks/otmdr_quality.py --dataset mnist --suite official-vs-ours --epochs 3 --grid 0.02 0.05
+        # the real MNIST test images (../shared/data/mnist), one model, official settings beside ours
 
 The default run took 55 minutes on the project's shared 2-core machine under a load average of
 about 10 (single-model runs 16-80 s, ensemble runs 40-160 s each); the ensemble runs dominate.
@@ -40,10 +44,11 @@ from torchmetrics.functional.classification import multiclass_calibration_error
 
 from lightning_wass.datamodules import DigitsDataModule
 from lightning_wass.modules.otmdr_classifier import OTMDRClassifier
-from lightning_wass.nn import ConvClassifier
+from lightning_wass.nn import ConvClassifier, MLPClassifier
 from lightning_wass.optim import OTMDR
 
 GRID = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+DEFAULT_OUT = Path(__file__).parent / "results" / "otmdr_quality.json"
 METHODS = ("sgd", "sam", "otmdr")
 
 
@@ -60,15 +65,39 @@ def load_data(dataset: str, seed: int):
     return {split: dm.tensors(split) for split in ("train", "val", "test")}
 
 
-def build(method: str, rho: float, members: int, epochs: int, seed: int, in_channels: int) -> OTMDRClassifier:
+def networks(kind: str, members: int, in_shape: tuple[int, ...]):
+    """``"conv"``: the ConvClassifier (``members`` re-initialised copies); ``"mixed"``: three different
+    networks (a wide and a narrow ConvClassifier and an MLP), the heterogeneous ensemble."""
+    in_channels = in_shape[0]
+    if kind == "conv":
+        return ConvClassifier(in_channels=in_channels, num_classes=10, width=16)
+    return [ConvClassifier(in_channels=in_channels, num_classes=10, width=16), MLPClassifier(in_shape, hidden=(128, 128)),
+            ConvClassifier(in_channels=in_channels, num_classes=10, width=8)]
+
+
+def build(method: str, rho: float, members: int, epochs: int, seed: int, in_shape: tuple[int, ...],
+          kind: str = "conv", variant: str = "ours") -> OTMDRClassifier:
+    """``variant="ours"``: the library's defaults (OT-MDR ``rho = (r, r)``, noise 1e-4, BatchNorm from
+    the first pass only, no label smoothing); ``"official"``: the official code's settings (OT-MDR
+    ``rho = (r, 2r)`` as its (0.05, 0.1) / (0.1, 0.2), no noise, BatchNorm updated on the ascent
+    passes, label smoothing 0.1 on the wrong classes, ensembles with the averaged direction)."""
     torch.manual_seed(seed)
-    network = ConvClassifier(in_channels=in_channels, num_classes=10, width=16)
+    network = networks(kind, members, in_shape)
     kwargs = dict(method="base" if method == "sgd" else method, lr=0.05, momentum=0.9, weight_decay=5e-4, seed=seed)
+    official = variant == "official"
+    if official:
+        kwargs.update(label_smoothing=0.1, label_smoothing_mode="others", freeze_norm_stats="final_passes")
     if method == "sam":
         kwargs["rho"] = rho
+        if official:
+            kwargs["freeze_norm_stats"] = True  # the official SAM: statistics from the first pass only
     elif method == "otmdr":
-        kwargs.update(rho=[rho, rho], noise_std=1e-4, num_particles=1, chunked_ascent=True)
-    return OTMDRClassifier(network, ensemble_size=members, **kwargs)
+        kwargs.update(rho=[rho, 2 * rho] if official else [rho, rho], noise_std=0.0 if official else 1e-4,
+                      num_particles=1, chunked_ascent=True)
+        if official and members > 1:
+            kwargs["chain_direction"] = "averaged"
+    size = 1 if isinstance(network, list) else members
+    return OTMDRClassifier(network, ensemble_size=size, **kwargs)
 
 
 def train(module: OTMDRClassifier, data, epochs: int, seed: int) -> float:
@@ -114,14 +143,17 @@ def evaluate(module: OTMDRClassifier, x: torch.Tensor, y: torch.Tensor) -> dict[
     }
 
 
-def run(dataset: str, epochs: int, seeds: int, grid: tuple[float, ...], out: Path) -> dict:
+def run(dataset: str, epochs: int, seeds: int, grid: tuple[float, ...], out: Path, settings=((1, "conv"), (3, "conv")),
+        variants=("ours",)) -> dict:
     torch.set_num_threads(1)
     results: dict = {"dataset": dataset, "epochs": epochs, "grid": list(grid), "selection": {}, "test": {}}
     data0 = load_data(dataset, 0)
-    in_channels = int(data0["train"][0].shape[1])
+    in_shape = tuple(int(v) for v in data0["train"][0].shape[1:])
     print(f"{dataset}: train {len(data0['train'][0])}, val {len(data0['val'][0])}, test {len(data0['test'][0])}; {epochs} epochs")
-    for members in (1, 3):
-        setting = "single" if members == 1 else "ensemble of 3"
+    for (members, kind), variant in ((s, v) for s in settings for v in variants):
+        setting = "single" if members == 1 else ("ensemble of 3 different networks" if kind == "mixed" else "ensemble of 3")
+        if len(variants) > 1:
+            setting += f", {variant} settings"
         for method in METHODS:
             key = f"{method} ({setting})"
             if method == "sgd":
@@ -129,7 +161,7 @@ def run(dataset: str, epochs: int, seeds: int, grid: tuple[float, ...], out: Pat
             else:
                 scores = {}
                 for rho in grid:
-                    module = build(method, rho, members, epochs, 0, in_channels)
+                    module = build(method, rho, members, epochs, 0, in_shape, kind, variant)
                     train(module, data0, epochs, 0)
                     scores[rho] = evaluate(module, *data0["val"])
                     print(f"  select {key:26s} rho={rho:<5} val acc {scores[rho]['acc']:.4f} nll {scores[rho]['nll']:.4f}", flush=True)
@@ -139,7 +171,7 @@ def run(dataset: str, epochs: int, seeds: int, grid: tuple[float, ...], out: Pat
             seconds = []
             for seed in range(seeds):
                 data = data0 if seed == 0 else load_data(dataset, seed)
-                module = build(method, best, members, epochs, seed, in_channels)
+                module = build(method, best, members, epochs, seed, in_shape, kind, variant)
                 seconds.append(train(module, data, epochs, seed))
                 runs.append(evaluate(module, *data["test"]))
             summary = {
@@ -175,12 +207,24 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="2 epochs, 2 seeds, 2 radii: a smoke run")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "otmdr_quality.json")
+    parser.add_argument("--suite", choices=("default", "mixed-ensemble", "official-vs-ours"), default="default",
+                        help="mixed-ensemble: the ensemble of three different networks; official-vs-ours: a single "
+                             "model with the official code's settings beside ours")
+    parser.add_argument("--grid", type=float, nargs="+", default=list(GRID))
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
-    if args.quick:
-        run(args.dataset, 2, 2, (0.02, 0.05), args.out.with_name("otmdr_quality_quick.json"))
+    grid = (0.02, 0.05) if args.quick else tuple(args.grid)
+    epochs, seeds = (2, 2) if args.quick else (args.epochs, args.seeds)
+    name = f"otmdr_quality_{args.dataset}_{args.suite}{'_quick' if args.quick else ''}.json"
+    if args.suite == "default" and args.dataset == "digits":
+        name = "otmdr_quality_quick.json" if args.quick else "otmdr_quality.json"
+    out = args.out if args.out != DEFAULT_OUT else DEFAULT_OUT.with_name(name)
+    if args.suite == "mixed-ensemble":
+        run(args.dataset, epochs, seeds, grid, out, settings=((3, "mixed"),), variants=("ours", "official"))
+    elif args.suite == "official-vs-ours":
+        run(args.dataset, epochs, seeds, grid, out, settings=((1, "conv"),), variants=("ours", "official"))
     else:
-        run(args.dataset, args.epochs, args.seeds, GRID, args.out)
+        run(args.dataset, epochs, seeds, grid, out)
 
 
 if __name__ == "__main__":
