@@ -60,13 +60,18 @@ def norm(grads: list[torch.Tensor]) -> torch.Tensor:
     return torch.sqrt(sum((g**2).sum() for g in grads))
 
 
-def sam_step(model: nn.Module, base: torch.optim.Optimizer, x, y, rho: float) -> None:
-    """davda54/sam: e = rho g / (||g|| + 1e-12); step at theta with grad L(theta + e)."""
+def sam_step(model: nn.Module, base: torch.optim.Optimizer, x, y, rho: float, adaptive: bool = False) -> None:
+    """davda54/sam: e = rho g / (||g|| + 1e-12) (adaptive: rho |theta|^2 g / (||theta * g|| + 1e-12));
+    step at theta with grad L(theta + e)."""
     params = list(model.parameters())
     g = grads_at(model, x, y)
-    n = norm(g)
-    e = [rho * gi / (n + 1e-12) for gi in g]
     with torch.no_grad():
+        if adaptive:
+            n = torch.sqrt(sum(((p.abs() * gi) ** 2).sum() for p, gi in zip(params, g)))
+            e = [rho * p.pow(2) * gi / (n + 1e-12) for p, gi in zip(params, g)]
+        else:
+            n = norm(g)
+            e = [rho * gi / (n + 1e-12) for gi in g]
         for p, ei in zip(params, e):
             p.add_(ei)
     g_adv = grads_at(model, x, y)
@@ -78,17 +83,18 @@ def sam_step(model: nn.Module, base: torch.optim.Optimizer, x, y, rho: float) ->
 
 
 def chain_gradient(model: nn.Module, chunks: list[tuple[torch.Tensor, torch.Tensor]], whole, rho: tuple[float, ...],
-                   summed: bool = True) -> list[torch.Tensor]:
+                   summed: bool = True, averaged: bool = False) -> list[torch.Tensor]:
     """One particle of the official chain from the current theta: ascent step s on chunk s,
-    theta_{s+1} = theta_s + rho_s d_s / ||g_s|| (d_s = g_0 + ... + g_s when summed), then the
-    gradient on the whole batch at the end point; theta is restored before returning."""
+    theta_{s+1} = theta_s + rho_s d_s / ||g_s|| (d_s = g_0 + ... + g_s when summed, divided by s + 1
+    when averaged: the official mode 1.1), then the gradient on the whole batch at the end point;
+    theta is restored before returning."""
     params = list(model.parameters())
     theta0 = [p.detach().clone() for p in params]
     history: list[list[torch.Tensor]] = []
     for s, (xs, ys) in enumerate(chunks):
         g = grads_at(model, xs, ys)
         history.append(g)
-        direction = [sum(parts) for parts in zip(*history)] if summed else g
+        direction = [sum(parts) / (len(history) if averaged else 1) for parts in zip(*history)] if summed else g
         n = norm(g)
         with torch.no_grad():
             for p, d in zip(params, direction):

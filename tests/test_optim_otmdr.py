@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sam_references import flat, grads_at, loss_fn, make_mlp
+from sam_references import flat, grads_at, loss_fn, make_mlp, sam_step
 from sam_references import make_batches as shared_batches
 
 from lightning_wass import DivergenceError
@@ -28,27 +28,6 @@ def one_thread():
 
 def make_batches(n_batches: int = 6, size: int = 32, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return shared_batches(n_batches, size, seed)
-
-
-def reference_sam_step(model, base, x, y, rho, adaptive=False):
-    """The widely used per-parameter SAM (davda54/sam) written out: ascend, gradient, restore, step."""
-    params = list(model.parameters())
-    g = grads_at(model, x, y)
-    with torch.no_grad():
-        if adaptive:
-            norm = torch.sqrt(sum(((p.abs() * gi) ** 2).sum() for p, gi in zip(params, g)))
-            e = [rho * p.pow(2) * gi / (norm + 1e-12) for p, gi in zip(params, g)]
-        else:
-            norm = torch.sqrt(sum((gi**2).sum() for gi in g))
-            e = [rho * gi / (norm + 1e-12) for gi in g]
-        for p, ei in zip(params, e):
-            p.add_(ei)
-    g_adv = grads_at(model, x, y)
-    with torch.no_grad():
-        for p, ei, ga in zip(params, e, g_adv):
-            p.sub_(ei)
-            p.grad = ga
-    base.step()
 
 
 def run_ours(model, opt, batches, chunk_aware=False):
@@ -79,7 +58,7 @@ def test_sam_and_one_particle_otmdr_follow_the_reference_sam_trajectory(base, kw
     ref = make_mlp()
     ref_opt = base(ref.parameters(), **kwargs)
     for x, y in batches:
-        reference_sam_step(ref, ref_opt, x, y, rho, adaptive)
+        sam_step(ref, ref_opt, x, y, rho, adaptive)
 
     for build in (
         lambda m: SAM(m.parameters(), base, rho=rho, adaptive=adaptive, **kwargs),
@@ -344,7 +323,7 @@ def test_closure_over_micro_batches_gives_full_batch_sam():
     x, y = make_batches(1, size=48)[0]
     ref = make_mlp()
     ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
-    reference_sam_step(ref, ref_opt, x, y, 0.05)
+    sam_step(ref, ref_opt, x, y, 0.05)
 
     model = make_mlp()
     opt = SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9)

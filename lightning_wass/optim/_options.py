@@ -13,8 +13,9 @@ from typing import Any
 
 from lightning_wass._validation import check_positive
 
-#: the keys every OT-MDR / SAM param group carries (besides the base optimizer's)
-GROUP_KEYS = ("rho", "rho_fractions", "adaptive", "adaptive_eta", "noise_std", "perturb")
+#: the keys a SAM-family param group must carry in a state dict (``rho_fractions`` is filled in for
+#: state dicts saved before ``rho`` became one number per group)
+GROUP_KEYS = ("rho", "adaptive", "adaptive_eta", "noise_std", "perturb")
 
 
 def radii(rho: Any, ascent_steps: int | None, where: str = "rho") -> tuple[float, ...]:
@@ -92,9 +93,8 @@ def check_loaded_groups(state_dict: dict[str, Any], owner: str) -> None:
     groups = state_dict.get("param_groups")
     if not isinstance(groups, list) or "state" not in state_dict:
         raise ValueError(f"{owner}.load_state_dict needs an optimizer state dict with 'state' and 'param_groups'")
-    required = ("rho", "adaptive", "adaptive_eta", "noise_std", "perturb")
     for i, group in enumerate(groups):
-        missing = [key for key in required if key not in group]
+        missing = [key for key in GROUP_KEYS if key not in group]
         if missing:
             raise ValueError(
                 f"{owner}.load_state_dict: param group {i} lacks the keys {missing}, so this state dict was not saved "
