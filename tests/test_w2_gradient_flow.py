@@ -10,7 +10,14 @@ import torch
 from torch import nn
 
 from lightning_wass import DivergenceError, TensorDataModule, ToyDataModule, W2GradientFlow, WassersteinMonitor
-from lightning_wass.losses import forward_euler_targets, minibatch_ot_targets, potential_map, semi_dual_loss
+from lightning_wass.losses import (
+    adversarial_map,
+    forward_euler_targets,
+    minibatch_ot_targets,
+    potential_map,
+    semi_dual_loss,
+    w2gan_dual_loss,
+)
 from lightning_wass.nn.gan_nets import MLPGenerator
 
 
@@ -50,6 +57,62 @@ def test_learned_potential_recovers_a_translation_map() -> None:
     y = torch.randn(1000, 2)
     error = (potential_map(lambda v: potential(v).squeeze(-1), y) - (y + delta)).norm(dim=1).mean()
     assert float(error) < 0.2 * float(delta.norm())
+
+
+def test_w2gan_dual_loss_equals_hand_computation() -> None:
+    # phi(x) = <a, x>, psi(y) = ||y||^2 / 4: the objective by hand, pair by pair.
+    x = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 1.0]])
+    y = torch.tensor([[0.0, 0.0], [1.0, 1.0], [-1.0, 2.0]])
+    a = torch.tensor([0.5, -1.0])
+    phi = lambda v: v @ a  # noqa: E731
+    psi = lambda v: v.square().sum(1) / 4  # noqa: E731
+    by_hand = 0.0
+    for xi, yi in zip(x.tolist(), y.tolist()):
+        u = 0.5 * xi[0] - 1.0 * xi[1]
+        v = (yi[0] ** 2 + yi[1] ** 2) / 4
+        c = ((xi[0] - yi[0]) ** 2 + (xi[1] - yi[1]) ** 2) / 2
+        by_hand += (u + v) / 3 - 7.0 * max(u + v - c, 0.0) ** 2 / 3
+    torch.testing.assert_close(w2gan_dual_loss(phi, psi, x, y, penalty=7.0), torch.tensor(-by_hand))
+    # The map of psi: y - grad psi(y) = y / 2.
+    torch.testing.assert_close(adversarial_map(psi, y), y / 2)
+    with pytest.raises(ValueError, match="same shape"):
+        w2gan_dual_loss(phi, psi, x, y[:2], penalty=1.0)
+
+
+def test_adversarial_potential_gradient_recovers_the_closed_form_gaussian_map() -> None:
+    """mu = N(0, I) (generated), P = N(m, B) (data): the optimal map is the linear T(y) = m + B^(1/2) y.
+
+    B has a rotated eigenbasis (scales 2 and 0.5), so T is neither a translation nor diagonal. The
+    W2-GAN pair (psi = -phi + eps, as in Leygonie et al.) is trained on the penalised dual alone,
+    without the library's module; T(y) = y - grad psi(y) must land within 15% of the mean
+    displacement ||T(y) - y|| of the closed-form map.
+    """
+    torch.manual_seed(0)
+    angle = torch.tensor(0.6)
+    rotation = torch.stack([torch.stack([angle.cos(), -angle.sin()]), torch.stack([angle.sin(), angle.cos()])])
+    root = rotation @ torch.diag(torch.tensor([2.0, 0.5])) @ rotation.T  # B^(1/2), B = root @ root
+    m = torch.tensor([1.0, -1.0])
+
+    def closed_form(y: torch.Tensor) -> torch.Tensor:
+        return m + y @ root.T
+
+    def net() -> nn.Module:
+        return nn.Sequential(nn.Linear(2, 64), nn.SiLU(), nn.Linear(64, 64), nn.SiLU(), nn.Linear(64, 1))
+
+    phi_net, eps_net = net(), net()
+    phi = lambda v: phi_net(v).squeeze(-1)  # noqa: E731
+    psi = lambda v: -phi_net(v).squeeze(-1) + eps_net(v).squeeze(-1)  # noqa: E731
+    opt = torch.optim.Adam([*phi_net.parameters(), *eps_net.parameters()], lr=1e-3, betas=(0.5, 0.999))
+    for _ in range(1500):
+        y, x = torch.randn(256, 2), closed_form(torch.randn(256, 2))
+        loss = w2gan_dual_loss(phi, psi, x, y, penalty=100.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    y = torch.randn(2000, 2)
+    error = (adversarial_map(psi, y) - closed_form(y)).norm(dim=1).mean()
+    displacement = (closed_form(y) - y).norm(dim=1).mean()
+    assert float(error) < 0.15 * float(displacement), (float(error), float(displacement))
 
 
 # ----------------------------------------------------------------------------- acceptance: W2 goes down
@@ -106,6 +169,31 @@ def test_learned_potential_transport_trains_and_lowers_w2() -> None:
     assert last < 0.6 * first, (first, last)
 
 
+def test_adversarial_transport_trains_both_potentials_and_lowers_w2() -> None:
+    pl.seed_everything(0, verbose=False)
+    dm = ToyDataModule("8gaussians", train_size=1024, val_size=500, batch_size=256)
+    model = W2GradientFlow(
+        generator=MLPGenerator(2, [2], hidden=[64, 64]),
+        data_shape=[2],
+        transport="adversarial",
+        persistent_steps=5,
+        potential_lr=3e-3,
+        eval_samples=0,
+    )
+    assert model.potential_steps == 25  # the adversarial estimator's default
+    before = {name: p.detach().clone() for name, p in model.named_parameters() if name.startswith("potential")}
+    assert any(n.startswith("potential_correction.") for n in before) and any(n.startswith("potential.") for n in before)
+    monitor = WassersteinMonitor(every_n_steps=1000, num_samples=500)
+    _trainer(max_epochs=10, callbacks=[monitor]).fit(model, datamodule=dm)
+    assert model.outer_step == 40 and model.generator_step == 200
+    # Every weight matrix of both networks moved (phi's output bias cancels in phi(x) + psi(y)).
+    for name, p in model.named_parameters():
+        if name in before and name.endswith("weight"):
+            assert not torch.equal(p, before[name]), f"{name} was not trained"
+    first, last = monitor.history[0]["W2"], monitor.history[-1]["W2"]
+    assert last < 0.6 * first, (first, last)
+
+
 # ----------------------------------------------------------------------------- interface
 @pytest.mark.parametrize("shape", [(2,), (5,), (1, 8, 8), (1, 28, 28), (3, 32, 32)])
 def test_sample_shapes(shape) -> None:
@@ -154,11 +242,18 @@ def test_resume_equals_uninterrupted(tmp_path) -> None:
         ({"lr": 0}, "lr"),
         ({"potential_steps": 0}, "potential_steps"),
         ({"betas": (0.9, 1.0)}, "betas"),
+        ({"transport": "adversarial", "dual_penalty": 0.0}, "dual_penalty"),
+        ({"transport": "adversarial", "potential_steps": 0}, "potential_steps"),
     ],
 )
 def test_bad_arguments_raise_value_error(kwargs, match) -> None:
     with pytest.raises(ValueError, match=match):
         W2GradientFlow(data_shape=[2], **kwargs)
+
+
+def test_potential_correction_must_be_a_module() -> None:
+    with pytest.raises(TypeError, match="potential_correction must be a torch.nn.Module"):
+        W2GradientFlow(data_shape=[2], transport="adversarial", potential_correction="mlp")
 
 
 def test_generator_output_not_matching_data_raises() -> None:

@@ -8,9 +8,17 @@ from lightning_wass.losses.critic import (
     gradient_penalty,
     lipschitz_estimate,
 )
-from lightning_wass.losses.w2_flow import forward_euler_targets, minibatch_ot_targets, potential_map, semi_dual_loss
+from lightning_wass.losses.w2_flow import (
+    adversarial_map,
+    forward_euler_targets,
+    minibatch_ot_targets,
+    potential_map,
+    semi_dual_loss,
+    w2gan_dual_loss,
+)
 
 __all__ = [
+    "adversarial_map",
     "clip_weights",
     "critic_gap",
     "critic_loss",
@@ -21,4 +29,5 @@ __all__ = [
     "minibatch_ot_targets",
     "potential_map",
     "semi_dual_loss",
+    "w2gan_dual_loss",
 ]

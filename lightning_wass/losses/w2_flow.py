@@ -8,9 +8,18 @@ generated point ``y = G(z)`` to
     y_hat = y + dt (T(y) - y),
 
 and the generator is then regressed onto the targets (``min_G mean ||G(z) - y_hat||^2``). ``T`` is
-estimated either by exact minibatch OT (the barycentric projection of the optimal plan between the
-generated and data batches) or by a learned potential ``phi`` with ``T(y) = y - grad phi(y)``,
-trained on the semi-dual :func:`semi_dual_loss`. Pure torch; no Lightning.
+estimated by one of
+
+- exact minibatch OT (:func:`minibatch_ot_targets`): the barycentric projection of the optimal plan
+  between the generated and data batches;
+- a learned potential on the semi-dual with a minibatch c-transform (:func:`semi_dual_loss`), with
+  ``T(y) = y - grad phi(y)``;
+- **the paper's estimator**, a potential pair trained adversarially as in W2-GAN
+  (:func:`w2gan_dual_loss`, :func:`adversarial_map`): Huang & Malik build W2-FE on the W2-GAN
+  discriminator of Leygonie et al. (*Adversarial computation of optimal transport maps*, 2019,
+  arXiv:1906.09691), whose objective is the L2-regularised Kantorovich dual.
+
+Pure torch; no Lightning.
 """
 
 from __future__ import annotations
@@ -59,6 +68,42 @@ def semi_dual_loss(potential: Callable[[Tensor], Tensor], generated: Tensor, dat
     cost = cost_matrix(x, y, 2) / 2  # (m data, n generated)
     phi_c = (cost - phi.unsqueeze(0)).min(dim=1).values
     return -(phi.mean() + phi_c.mean())
+
+
+def w2gan_dual_loss(
+    phi: Callable[[Tensor], Tensor],
+    psi: Callable[[Tensor], Tensor],
+    data: Tensor,
+    generated: Tensor,
+    penalty: float,
+) -> Tensor:
+    r"""Negative W2-GAN objective (to be minimised over the potential pair ``(phi, psi)``).
+
+    The Kantorovich dual of ``W2^2 / 2`` with cost ``c(x, y) = ||x - y||^2 / 2``, its constraint
+    ``phi(x) + psi(y) <= c(x, y)`` replaced by a quadratic penalty on independent pairs
+    ``(x_i, y_i) ~ P (x) mu`` (Leygonie et al. 2019, arXiv:1906.09691, eq. (5): the L2-regularised
+    dual of Seguy et al. 2018, ``penalty = 1 / (4 eps)``):
+
+        max_{phi, psi}  mean_i phi(x_i) + mean_i psi(y_i) - penalty * mean_i (phi(x_i) + psi(y_i) - c(x_i, y_i))_+^2,
+
+    ``x`` the data batch, ``y`` the generated batch (pairs formed by position: the two batches are
+    independent draws, so position pairing samples the product measure). At the optimum
+    ``psi`` is the potential on the generated side and the optimal map is ``T(y) = y - grad psi(y)``
+    (:func:`adversarial_map`). Returns ``-objective``.
+    """
+    x = data.detach()
+    y = generated.detach().to(x.dtype) if generated.dtype != x.dtype else generated.detach()
+    if x.shape != y.shape:
+        raise ValueError(f"data and generated batches must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+    u, v = phi(x).reshape(-1), psi(y).reshape(-1)
+    cost = 0.5 * (x - y).flatten(1).square().sum(1)
+    violation = torch.relu(u + v - cost)
+    return -(u.mean() + v.mean()) + penalty * violation.square().mean()
+
+
+def adversarial_map(psi: Callable[[Tensor], Tensor], y: Tensor) -> Tensor:
+    """``T(y) = y - grad psi(y)``: the transport map of the generated-side W2-GAN potential (detached)."""
+    return potential_map(psi, y)
 
 
 def potential_map(potential: Callable[[Tensor], Tensor], y: Tensor) -> Tensor:
