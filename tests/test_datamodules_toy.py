@@ -19,7 +19,7 @@ def gen(seed: int) -> torch.Generator:
 @pytest.mark.parametrize("name", TOY_NAMES)
 def test_shapes_sizes_and_indices(name: str) -> None:
     dm = ToyDataModule(name, train_size=300, val_size=50, test_size=70, batch_size=64, return_index=True)
-    d = 1 if name == "regression" else 2
+    d = {"regression": 1, "moons_7d": 7, "pinwheel_7d": 7, "moons_12d": 12, "pinwheel_12d": 12}.get(name, 2)
     assert [len(dm.tensors(s)[0]) for s in ("train", "val", "test")] == [300, 50, 70]
     x, y = dm.tensors("train")
     assert x.shape == (300, d) and x.dtype == torch.float32 and dm.data_shape == (d,)

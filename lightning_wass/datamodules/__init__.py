@@ -15,7 +15,15 @@ from lightning_wass.datamodules.images import (
     MNISTDataModule,
     TorchvisionImageDataModule,
 )
-from lightning_wass.datamodules.toy import TOY_NAMES, ToyDataModule, make_toy, regression_coefficients, sample_toy
+from lightning_wass.datamodules.toy import (
+    TOY_NAMES,
+    ToyDataModule,
+    make_toy,
+    regression_coefficients,
+    sample_toy,
+    toy_embedding,
+    toy_modes,
+)
 
 __all__ = [
     "Batch",
@@ -33,6 +41,8 @@ __all__ = [
     "make_toy",
     "regression_coefficients",
     "sample_toy",
+    "toy_embedding",
+    "toy_modes",
     "TensorDictDataset",
     "require_index",
     "unpack_batch",
