@@ -18,8 +18,10 @@ from lightning_wass.datamodules import (
     TensorDataModule,
     ToyDataModule,
     sample_toy,
+    toy_embedding,
+    toy_modes,
 )
-from lightning_wass.metrics import WassersteinDistance
+from lightning_wass.metrics import ModeCoverage, WassersteinDistance, mode_coverage
 from lightning_wass.modules.otmdr_classifier import OTMDRClassifier
 from lightning_wass.modules.proximal_flow import W1W2ProximalFlow
 from lightning_wass.modules.vae import VAE
@@ -59,9 +61,13 @@ __all__ = [
     "TensorDataModule",
     "ToyDataModule",
     "sample_toy",
+    "toy_embedding",
+    "toy_modes",
     # optimal transport
     "OTConvergenceError",
+    "ModeCoverage",
     "WassersteinDistance",
+    "mode_coverage",
     "barycentric_map",
     "ot_plan",
     "wasserstein_distance",

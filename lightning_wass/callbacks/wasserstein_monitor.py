@@ -8,8 +8,10 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 
-from lightning_wass._validation import check_choice, check_int
+from lightning_wass._validation import check_choice, check_int, check_positive
+from lightning_wass.metrics import mode_coverage
 from lightning_wass.modules.generative import draw_samples, exact_distances, floor_samples, heldout_data, step_count
 
 __all__ = ["WassersteinMonitor"]
@@ -39,6 +41,17 @@ class WassersteinMonitor(pl.Callback):
     same for this process's CPU time, which is less disturbed than wall time on a shared machine)
     and the figures.
 
+    **Mode coverage.** When the modes of the data are known (``modes=(centres, std)`` given here,
+    or else a non-``None`` ``modes`` attribute of the Trainer's DataModule, as
+    :attr:`ToyDataModule.modes <lightning_wass.datamodules.ToyDataModule.modes>` of ``8gaussians``
+    / ``25gaussians``), every measurement also computes :func:`lightning_wass.metrics.mode_coverage`
+    of the same generated points (``num_std`` 3, ``min_share`` ``1 / (2 M)``) and logs
+    ``{prefix}/modes_covered`` (the fraction of modes covered) and ``{prefix}/mode_quality`` (the
+    fraction of samples within 3 std of a mode), also kept in :attr:`history` as ``modes_covered``
+    and ``mode_quality``. A ring through the 8 Gaussians' modes can sit near the W2 floor; it
+    cannot cover the modes. Without known modes nothing is added; a DataModule whose modes have
+    ``std = 0`` (noise 0) is skipped with a warning.
+
     Every process computes the same figure (samples are drawn with a fixed seed and the weights
     are identical across DDP replicas), so the metric can be monitored under DDP; loggers write
     from global zero only.
@@ -52,6 +65,8 @@ class WassersteinMonitor(pl.Callback):
             the training split (as many as it holds, at most this many): one subset alone is noisy.
         prefix: metric name prefix.
         seed: seed of the sample draw (the same ``z`` each time) and of the floor's subset.
+        modes: ``(centres (M, d), std)`` of the data's modes for the mode coverage; wins over the
+            DataModule's ``modes``. ``None``: the DataModule's, if it has any.
     """
 
     def __init__(
@@ -63,6 +78,7 @@ class WassersteinMonitor(pl.Callback):
         floor_repeats: int = 5,
         prefix: str = "wasserstein",
         seed: int = 0,
+        modes: tuple[torch.Tensor, float] | None = None,
     ) -> None:
         super().__init__()
         self.every_n_steps = check_int("every_n_steps", every_n_steps, minimum=1)
@@ -75,6 +91,8 @@ class WassersteinMonitor(pl.Callback):
         self.floor_repeats = check_int("floor_repeats", floor_repeats, minimum=1)
         self.prefix = prefix
         self.seed = check_int("seed", seed, minimum=0)
+        self.modes = None if modes is None else _check_modes("modes", modes)
+        self._warned_modes = False
         self.history: list[dict[str, float]] = []
         self._last_bucket = -1
         self._last_step = -1
@@ -151,6 +169,11 @@ class WassersteinMonitor(pl.Callback):
             if p in self._floor:
                 metrics[f"{self.prefix}/W{p}_floor"] = self._floor[p]
                 metrics[f"{self.prefix}/W{p}_ratio"] = value / max(self._floor[p], 1e-12)
+        modes = self._known_modes(trainer)
+        if modes is not None:
+            coverage = mode_coverage(generated.reshape(len(generated), -1), modes[0], modes[1])
+            metrics[f"{self.prefix}/modes_covered"] = coverage.covered
+            metrics[f"{self.prefix}/mode_quality"] = coverage.within
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
         for name, value in metrics.items():
@@ -167,6 +190,21 @@ class WassersteinMonitor(pl.Callback):
         self.history.append(record)
         return metrics
 
+    def _known_modes(self, trainer: pl.Trainer) -> tuple[torch.Tensor, float] | None:
+        """The explicit ``modes``, else the DataModule's (``None`` without, or when their std is 0)."""
+        if self.modes is not None:
+            return self.modes
+        found = getattr(getattr(trainer, "datamodule", None), "modes", None)
+        if found is None:
+            return None
+        centres, std = found
+        if float(std) <= 0:
+            if not self._warned_modes:
+                rank_zero_warn("WassersteinMonitor: the DataModule's modes have std 0 (noise 0); no mode coverage")
+                self._warned_modes = True
+            return None
+        return _check_modes("the DataModule's modes", found)
+
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         return {"last_bucket": self._last_bucket, "last_step": self._last_step, "history": list(self.history)}
@@ -175,3 +213,14 @@ class WassersteinMonitor(pl.Callback):
         self._last_bucket = int(state_dict.get("last_bucket", -1))
         self._last_step = int(state_dict.get("last_step", -1))
         self.history = list(state_dict.get("history", []))
+
+
+def _check_modes(name: str, modes: Any) -> tuple[torch.Tensor, float]:
+    """``(centres, std)`` as a float ``(M, d)`` tensor and a float ``> 0``, or a ``ValueError`` naming ``name``."""
+    if not isinstance(modes, (tuple, list)) or len(modes) != 2:
+        raise ValueError(f"{name} must be a pair (centres of shape (M, d), std), got {type(modes).__name__}")
+    centres = torch.as_tensor(modes[0], dtype=torch.float32)
+    if centres.dim() != 2 or centres.shape[0] < 1 or not bool(torch.isfinite(centres).all()):
+        raise ValueError(f"{name}: centres must be a finite (M, d) tensor with M >= 1, got shape {tuple(centres.shape)}")
+    std = float(modes[1]) if isinstance(modes[1], torch.Tensor) else modes[1]
+    return centres, check_positive(f"{name} std", std)
