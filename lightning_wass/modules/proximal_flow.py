@@ -16,15 +16,23 @@ forward Euler, ``x_{k+1} = x_k - dt grad_x U(x_k, t_k) / alpha`` (``K = num_step
 Adversarial training with manual optimisation: every training batch makes one discriminator
 (ascent) step on the dual objective ``E_gen phi - E_data f*(phi)`` (KL in Donsker-Varadhan form by
 default); after every ``n_critic`` of them the potential makes one (descent) step on
-``mean phi(x_T) + alpha * KE``, back-propagated through the unrolled Euler steps (defaults of the
-official code: Adam betas (0.5, 0.9), lr 1e-4 for phi and 5e-4 for U, lambda 0.1, L 1, T 5, dt 1,
-alpha 0.05, 5 critic steps).
+``mean phi(x_T) + alpha * KE``, back-propagated through the unrolled Euler steps. The
+optimisation defaults (Adam betas (0.5, 0.9), lr 1e-4 for phi and 5e-4 for U, lambda 0.1, L 1,
+T 5, dt 1, alpha 0.05, 5 critic steps) are the official *MNIST* run's (``POT_Flow_GAN_CNN.py``'s
+argparse defaults and the README's MNIST command line); the official *2-D* runs
+(``POT_Flow_GAN.py``) differ: alpha 0.5 (0.1 for the sets embedded in 7 and 12 dimensions),
+lr 1e-4 (U) / 2e-5 (phi), T 1, dt 0.2, a 5-layer tanh U and a 3-layer ReLU phi (48 wide by
+default, 64 on the README's Pinwheel lines), 25,000 iterations; ``examples/*_official.yaml``
+set them.
 
 Validation logs the optimality indicators (:mod:`lightning_wass.proximal.indicators`, where the
 sign of the Hamilton-Jacobi residual is derived for this flow convention): ``val/hj_residual``,
 ``val/terminal_error`` and their scale-free versions ``val/hj_residual_relative`` and
-``val/terminal_error_relative`` (see :meth:`optimality_indicators`), ``val/kinetic_energy``,
-``val/excess_path_length``, the divergence estimate with ``dt`` and with ``dt/2``
+``val/terminal_error_relative`` (see :meth:`optimality_indicators`), ``val/kinetic_energy``; the
+same three in the official code's conventions, the figures comparable with the paper's,
+``val/kinetic_energy_official``, ``val/hj_residual_official`` and ``val/terminal_error_official``;
+``val/excess_path_length`` and ``val/path_straightness`` (median path length / chord of the
+trajectories), the divergence estimate with ``dt`` and with ``dt/2``
 (``val/divergence``, ``val/divergence_half_dt``) and the mean distance between the ``dt`` and
 ``dt/2`` endpoints of the same reference samples (``val/discretisation_gap``), all synced across
 DDP ranks. It runs its autograd inside ``torch.inference_mode(False)`` + ``torch.enable_grad()``,
@@ -38,9 +46,14 @@ uninterrupted run would have. DDP works with the default ``find_unused_parameter
 network a step does not update gets exact zero gradients).
 
 Differences from the official code (deliberate): the kinetic energy uses the same gradients as the
-rollout (exact gradient of the discretised objective; the official code recomputes them at
-stop-gradient states); the HJ residual has the sign derived for ``v = -grad U / alpha`` and is
-centred per time step (gauge-free); each discriminator step sees a fresh data batch.
+rollout, at ``(x_k, t_k)`` (exact gradient of the discretised objective; the official code
+recomputes them at the stop-gradient states ``(x_{k+1}, t_k)``); our HJ residual has the sign
+derived for ``v = -grad U / alpha``, is evaluated at ``(x_k, t_k)`` and is centred per time step
+(gauge-free), and our terminal error is the mean per-sample norm (the official one is the
+Frobenius norm over the batch divided by ``N``, about ``sqrt(N)`` times smaller); the
+``*_official`` indicators are logged beside ours for comparison with the paper. The official
+code's ``--f reverse_KL`` (its default and the README's MNIST runs) tests ``f == 'reverseKL'``,
+never true, and so trains with the Donsker-Varadhan KL objective: our ``divergence="kl"``.
 
 Subclass and override one piece: :meth:`sample_reference`, :meth:`flow`,
 :meth:`divergence_estimate`, :meth:`discriminator_loss`, :meth:`potential_loss`,
@@ -62,7 +75,14 @@ from lightning_wass._validation import check_choice, check_int, check_positive, 
 from lightning_wass.datamodules.batch import unpack_batch
 from lightning_wass.nn.potentials import ConvDiscriminator, ConvPotential, MLPDiscriminator, PotentialMLP
 from lightning_wass.proximal.divergences import DIVERGENCES, f_divergence_dual, lipschitz_penalty
-from lightning_wass.proximal.indicators import hj_residual, terminal_error
+from lightning_wass.proximal.indicators import (
+    hj_residual,
+    hj_residual_official,
+    kinetic_energy_official,
+    median_path_straightness,
+    terminal_error,
+    terminal_error_official,
+)
 from lightning_wass.proximal.reference import REFERENCES, check_reference_range, sample_reference
 from lightning_wass.proximal.rollout import Rollout, euler_rollout, excess_path_length, kinetic_energy, potential_gradient
 
@@ -72,9 +92,11 @@ _STREAM_DISCRIMINATOR, _STREAM_POTENTIAL, _STREAM_VALIDATION = 0, 1, 2
 
 
 def default_potential(data_shape: Sequence[int]) -> nn.Module:
-    """The official code's potential for ``data_shape``: a tanh MLP (3 x 128) on ``[x, t]`` for
-    vectors, :class:`~lightning_wass.nn.ConvPotential` for ``(C, H, W)`` images. The last layer is
-    zero-initialised, so the flow starts as the identity map."""
+    """Our default potential for ``data_shape``: a tanh MLP (3 x 128) on ``[x, t]`` for vectors (the
+    official 2-D potential is a tanh MLP too, 5 x 48 by default or 5 x 64: set
+    ``potential=PotentialMLP(d, hidden=(64,) * 5)``), :class:`~lightning_wass.nn.ConvPotential` (the
+    official MNIST layers) for ``(C, H, W)`` images. The last layer is zero-initialised, so the flow
+    starts as the identity map."""
     shape = tuple(int(s) for s in data_shape)
     if len(shape) == 3:
         return ConvPotential(shape, zero_init_last=True)
@@ -82,7 +104,8 @@ def default_potential(data_shape: Sequence[int]) -> nn.Module:
 
 
 def default_discriminator(data_shape: Sequence[int]) -> nn.Module:
-    """ReLU MLP (3 x 128) for vectors, :class:`~lightning_wass.nn.ConvDiscriminator` for images."""
+    """ReLU MLP (3 x 128) for vectors (official 2-D: ReLU, 3 x 48 or 3 x 64),
+    :class:`~lightning_wass.nn.ConvDiscriminator` for images."""
     shape = tuple(int(s) for s in data_shape)
     if len(shape) == 3:
         return ConvDiscriminator(shape)
@@ -139,7 +162,8 @@ class W1W2ProximalFlow(pl.LightningModule):
         n_critic: discriminator steps per potential step (``>= 1``).
         reference: ``"normal"`` (``N(0, I)``) or ``"uniform"`` (``U[reference_range]`` per coordinate).
         reference_range: ``(low, high)`` of the uniform reference (official MNIST: ``(0, 0.5)``).
-        lr_potential, lr_discriminator: Adam learning rates (official: 5e-4 and 1e-4).
+        lr_potential, lr_discriminator: Adam learning rates (official MNIST: 5e-4 and 1e-4;
+            official 2-D: 1e-4 and 2e-5).
         betas: Adam betas of both optimizers (official: (0.5, 0.9)).
         flow_alpha: the velocity scale of ``v = -grad U / flow_alpha``; ``None`` = ``alpha`` when
             ``alpha > 0``, else 1. Set it to the W1+W2 run's ``alpha`` in an ablation with
@@ -147,6 +171,9 @@ class W1W2ProximalFlow(pl.LightningModule):
             do). The indicators use it in place of ``alpha``.
         center_hj: centre the HJ residual per time step (gauge-free; see
             :mod:`lightning_wass.proximal.indicators`).
+        indicator_samples: reference samples the validation indicators are computed on, per
+            validation batch; ``None`` = the batch's size. ``terminal_error_official`` scales as
+            ``1 / sqrt(N)`` with it: the official code evaluates on ``N = 5000``.
         seed: seeds the reference samples and penalty interpolates (per step and rank, so a resumed
             run draws what the uninterrupted run would have).
 
@@ -177,6 +204,7 @@ class W1W2ProximalFlow(pl.LightningModule):
         betas: Sequence[float] = (0.5, 0.9),
         flow_alpha: float | None = None,
         center_hj: bool = True,
+        indicator_samples: int | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -205,6 +233,7 @@ class W1W2ProximalFlow(pl.LightningModule):
         else:
             self.flow_alpha = check_positive("flow_alpha", flow_alpha)
         self.center_hj = bool(center_hj)
+        self.indicator_samples = None if indicator_samples is None else check_int("indicator_samples", indicator_samples, minimum=1)
         self.seed = check_int("seed", seed)
         for name, module in (("potential", potential), ("discriminator", discriminator)):
             if module is not None and not isinstance(module, nn.Module):
@@ -306,9 +335,20 @@ class W1W2ProximalFlow(pl.LightningModule):
         (``alpha KE = sum_k dt mean ||grad U||^2 / (2 alpha)``, the size of the Hamiltonian term) and
         ``terminal_error_relative = terminal_error / mean ||grad phi(x_T)||``; both are 1 when the
         denominator vanishes (a flow that does not move is not optimal).
+
+        ``kinetic_energy_official``, ``hj_residual_official`` and ``terminal_error_official`` are the
+        official code's figures (:func:`~lightning_wass.proximal.indicators.kinetic_energy_official`
+        and the others: evaluated at ``(x_{k+1}, t_k)``, ``+`` sign, no centring, terminal error
+        ``||.||_F / N``), the ones to put next to the paper's numbers (with
+        ``indicator_samples=5000``, the official ``N``). ``path_straightness`` is the median path
+        length / chord of the trajectories (1 = straight).
+
+        The indicators are computed on ``indicator_samples`` reference samples (default: as many as
+        ``real`` has rows).
         """
         a = self.indicator_alpha
-        x0 = self.sample_reference(real.shape[0], generator)
+        n = real.shape[0] if self.indicator_samples is None else self.indicator_samples
+        x0 = self.sample_reference(n, generator)
         coarse = self.flow(x0)
         fine = self.flow(x0, 2 * self.num_steps)
         x_T, x_T_half = coarse.terminal, fine.terminal
@@ -321,6 +361,7 @@ class W1W2ProximalFlow(pl.LightningModule):
                 "discretisation_gap": (x_T - x_T_half).flatten(1).norm(dim=1).mean(),
                 "kinetic_energy": energy,
                 "excess_path_length": excess_path_length(coarse.states),
+                "path_straightness": median_path_straightness(coarse.states),
             }
         hj = hj_residual(self.value_potential, coarse.states, coarse.times, coarse.dt, a, center=self.center_hj)
         terminal = terminal_error(self.value_potential, self.discriminator, x_T, self.T)
@@ -331,6 +372,10 @@ class W1W2ProximalFlow(pl.LightningModule):
         indicators["hj_residual_relative"] = hj / hamiltonian if float(hamiltonian) > 0 else one
         indicators["terminal_error"] = terminal
         indicators["terminal_error_relative"] = terminal / grad_phi if float(grad_phi) > 0 else one
+        states, times, dt = coarse.states, coarse.times, coarse.dt
+        indicators["kinetic_energy_official"] = kinetic_energy_official(self.value_potential, states, times, dt, a)
+        indicators["hj_residual_official"] = hj_residual_official(self.value_potential, states, times, dt, a)
+        indicators["terminal_error_official"] = terminal_error_official(self.value_potential, self.discriminator, x_T, self.T)
         return {k: v.detach() for k, v in indicators.items()}
 
     # ----------------------------------------------------------------------------- sampling
