@@ -187,3 +187,48 @@ def test_ranks_that_disagree_stop_together_once_all_agree(tmp_path: Path) -> Non
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0] == ranks[1]
     assert ranks[0]["stopped_epoch"] == 4
+
+
+class ScriptedOfficial(pl.LightningModule):
+    """Logs the official-convention pair (small from the third validation) and ours (always big)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(1, 1)
+        self.validations = 0
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch[0]).pow(2).mean()
+
+    def validation_step(self, batch, batch_idx):
+        value = BIG if self.validations < 2 else SMALL
+        self.log("val/hj_residual_official", value)
+        self.log("val/terminal_error_official", value)
+        self.log("val/hj_residual_relative", BIG)
+        self.log("val/terminal_error_relative", BIG)
+
+    def on_validation_epoch_end(self) -> None:
+        self.validations += 1
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(4, 1)), batch_size=4)
+
+    def val_dataloader(self):
+        return self.train_dataloader()
+
+
+def test_official_monitors_the_official_convention_indicators() -> None:
+    callback = HJResidualStopping(tol=0.1, patience=2, terminal_tol=0.1, official=True, verbose=False)
+    assert (callback.monitor, callback.terminal_monitor) == ("val/hj_residual_official", "val/terminal_error_official")
+    fit(ScriptedOfficial(), callback)
+    assert callback.stopped_epoch == 3
+    assert set(callback.last) == {"val/hj_residual_official", "val/terminal_error_official"}
+    # the default (ours, relative) never stops on the same run; an explicit monitor wins over official
+    ours = HJResidualStopping(tol=0.1, patience=2, verbose=False)
+    fit(ScriptedOfficial(), ours, max_epochs=6)
+    assert ours.stopped_step == -1
+    explicit = HJResidualStopping(monitor="val/hj_residual_relative", official=True)
+    assert explicit.monitor == "val/hj_residual_relative" and explicit.terminal_monitor == "val/terminal_error_official"

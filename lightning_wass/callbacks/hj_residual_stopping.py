@@ -12,9 +12,18 @@ the terminal error) has stayed below its tolerance for ``patience`` consecutive 
 
 By default it monitors the *relative* residual: the absolute one scales with the squared velocity
 and is exactly 0 for a flow that does not move (e.g. a zero-initialised potential before training),
-so an absolute tolerance can stop a run that has not started; the relative one is 1 there. Use
-``monitor="val/hj_residual"`` for the paper's absolute figure, and ``Trainer(min_steps=...)`` to
-forbid stopping early on.
+so an absolute tolerance can stop a run that has not started; the relative one is 1 there.
+
+Which figures compare with the paper's: only the official-convention ones,
+``val/hj_residual_official`` and ``val/terminal_error_official`` (evaluated as the official code
+does: at ``(x_{k+1}, t_k)``, with its ``+`` sign and no centring, and the terminal error as
+``||.||_F / N``, on ``indicator_samples=5000`` reference samples as the official runs;
+:mod:`lightning_wass.proximal.indicators`). Ours, ``val/hj_residual`` and ``val/terminal_error``,
+have the sign derived for ``v = -grad U / alpha``, are centred, and the terminal error is a mean
+per-sample norm (about ``sqrt(N)`` times the official figure): they vanish at the optimum of our
+flow, but their absolute values are not the paper's. ``official=True`` monitors the official pair
+(absolute values, so they share the pitfall above: combine them with ``Trainer(min_steps=...)``);
+``monitor=`` / ``terminal_monitor=`` name any other logged metric.
 
 Under DDP every rank evaluates the criterion on the (synced) logged metrics and the decision is
 combined with ``trainer.strategy.reduce_boolean_decision(all=True)``, so all ranks count the same
@@ -41,9 +50,13 @@ class HJResidualStopping(pl.Callback):
         tol: tolerance of the monitored HJ residual (``> 0``; 0.1 = 10 % of the Hamiltonian term for
             the default relative residual).
         patience: consecutive validations that must satisfy the criterion (``>= 1``).
-        monitor: the logged HJ residual (default ``"val/hj_residual_relative"``).
+        monitor: the logged HJ residual (default ``"val/hj_residual_relative"``, or
+            ``"val/hj_residual_official"`` with ``official=True``).
         terminal_tol: optional tolerance of the terminal-condition error; ``None`` ignores it.
-        terminal_monitor: the logged terminal error (default ``"val/terminal_error_relative"``).
+        terminal_monitor: the logged terminal error (default ``"val/terminal_error_relative"``, or
+            ``"val/terminal_error_official"`` with ``official=True``).
+        official: default the two monitors to the official-convention indicators, the figures
+            comparable with the paper's (an explicit ``monitor`` / ``terminal_monitor`` wins).
         strict: raise ``RuntimeError`` when a monitored metric is missing (else skip that validation).
         verbose: print a line when training is stopped.
 
@@ -59,13 +72,19 @@ class HJResidualStopping(pl.Callback):
         self,
         tol: float = 0.1,
         patience: int = 3,
-        monitor: str = "val/hj_residual_relative",
+        monitor: str | None = None,
         terminal_tol: float | None = None,
-        terminal_monitor: str = "val/terminal_error_relative",
+        terminal_monitor: str | None = None,
         strict: bool = True,
         verbose: bool = True,
+        official: bool = False,
     ) -> None:
         super().__init__()
+        self.official = bool(official)
+        if monitor is None:
+            monitor = "val/hj_residual_official" if self.official else "val/hj_residual_relative"
+        if terminal_monitor is None:
+            terminal_monitor = "val/terminal_error_official" if self.official else "val/terminal_error_relative"
         self.tol = check_positive("tol", tol)
         self.patience = check_int("patience", patience, minimum=1)
         if not isinstance(monitor, str) or not monitor:
@@ -100,8 +119,8 @@ class HJResidualStopping(pl.Callback):
                 if self.strict:
                     raise RuntimeError(
                         f"HJResidualStopping monitors {name!r}, which was not logged; available metrics: "
-                        f"{sorted(metrics)}. W1W2ProximalFlow logs 'val/hj_residual' and 'val/terminal_error' "
-                        "at validation (is there a validation loop?)"
+                        f"{sorted(metrics)}. W1W2ProximalFlow logs 'val/hj_residual', 'val/terminal_error', their "
+                        "'_relative' and their '_official' versions at validation (is there a validation loop?)"
                     )
                 return None
             value = float(metrics[name])
