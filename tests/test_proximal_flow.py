@@ -229,3 +229,32 @@ def test_demo_part_quick(tmp_path: Path) -> None:
     assert any(line.startswith("circle: W2 ") and "x sample floor" in line for line in section.summary)
     report = (tmp_path / "report.md").read_text()
     assert "W1 (+) W2 proximal flow on the circle" in report and "| potential step |" in report
+
+
+OFFICIAL_2D = {  # name: (dim, alpha, lamda, width): the README lines of the official code (-L 1.0)
+    "pinwheel": (2, 0.5, 0.1, 64),
+    "pinwheel_7d": (7, 0.1, 0.01, 64),
+    "pinwheel_12d": (12, 0.1, 0.01, 64),
+    "moons": (2, 0.5, 0.1, 48),
+    "moons_7d": (7, 0.1, 0.01, 48),
+    "moons_12d": (12, 0.1, 0.01, 48),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL_2D))
+def test_official_configs_carry_the_official_settings(name: str) -> None:
+    import yaml
+
+    config = yaml.safe_load((REPO / "examples" / f"proximal_flow_{name}_official.yaml").read_text())
+    dim, alpha, lamda, width = OFFICIAL_2D[name]
+    args = config["model"]["init_args"]
+    assert args["data_shape"] == [dim] and args["alpha"] == alpha and args["gp_weight"] == lamda and args["L"] == 1.0
+    assert (args["T"], args["num_steps"], args["n_critic"], args["divergence"]) == (1.0, 5, 5, "kl")
+    assert (args["lr_potential"], args["lr_discriminator"], args["betas"]) == (1e-4, 2e-5, [0.5, 0.9])
+    assert args["indicator_samples"] == 5000
+    u, phi = args["potential"]["init_args"], args["discriminator"]["init_args"]
+    assert (u["in_features"], u["hidden"], u["activation"]) == (dim, [width] * 5, "tanh")
+    assert (phi["in_features"], phi["hidden"], phi["activation"]) == (dim, [width] * 3, "relu")
+    data = config["data"]["init_args"]
+    assert data["name"] == name and data["batch_size"] == 200 and data["train_size"] == 100_000
+    assert config["trainer"]["max_steps"] == 25_000 * 6  # 25,000 iterations of 5 critic + 1 potential steps
