@@ -138,8 +138,9 @@ def euler_rollout(
 def kinetic_energy(gradients: list[Tensor], dt: float, alpha: float) -> Tensor:
     """``KE = sum_k dt mean_i ||grad U(x_k^i, t_k)||^2 / (2 alpha^2)`` = ``sum_k dt mean ||v_k||^2 / 2``.
 
-    This is the (unweighted) kinetic energy of the flow, the figure the paper reports; the W2
-    proximal term of the loss is ``alpha * KE``. Differentiable when the gradients are.
+    This is the (unweighted) kinetic energy of the flow at the states that drive each step; the
+    W2 proximal term of the loss is ``alpha * KE``. The paper's figures use the official code's
+    evaluation points ``(x_{k+1}, t_k)``: :func:`lightning_wass.proximal.indicators.kinetic_energy_official`. Differentiable when the gradients are.
     """
     if len(gradients) == 0:
         raise ValueError("kinetic_energy needs at least one gradient (one Euler step)")
