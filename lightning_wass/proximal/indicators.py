@@ -89,7 +89,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_wass._validation import check_positive
-from lightning_wass.proximal.rollout import Potential, evaluate_potential, potential_gradient
+from lightning_wass.proximal.rollout import Potential, evaluate_potential, path_lengths, potential_gradient
 
 __all__ = [
     "hj_residual",
@@ -247,14 +247,10 @@ def path_straightness(trajectories: Tensor | Sequence[Tensor]) -> Tensor:
     trajectory that does not move gives 1; one that returns to its start (chord 0, length > 0)
     gives ``inf``.
     """
-    path = torch.stack([s.detach() for s in trajectories]) if not isinstance(trajectories, Tensor) else trajectories.detach()
-    if path.dim() < 3 or path.shape[0] < 2:
-        raise ValueError(
-            f"path_straightness needs trajectories of shape (K + 1, n, *data_shape) with K >= 1, got {tuple(path.shape)}"
-        )
-    flat = path.flatten(2)  # (K + 1, n, D)
-    length = (flat[1:] - flat[:-1]).norm(dim=2).sum(0)
-    chord = (flat[-1] - flat[0]).norm(dim=1)
+    try:
+        length, chord = path_lengths(trajectories)
+    except ValueError as error:
+        raise ValueError(f"path_straightness: {error}") from None
     ratio = length / chord
     ratio = torch.where(chord > 0, ratio, torch.where(length > 0, torch.full_like(ratio, math.inf), torch.ones_like(ratio)))
     return ratio

@@ -18,7 +18,7 @@ taking ``x`` of shape ``(N, *data_shape)`` and ``t`` of shape ``(N,)``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +34,7 @@ __all__ = [
     "euler_rollout",
     "evaluate_potential",
     "excess_path_length",
+    "path_lengths",
     "kinetic_energy",
     "potential_gradient",
 ]
@@ -159,10 +160,19 @@ def excess_path_length(states: list[Tensor] | Tensor) -> Tensor:
     the straight lines. A ratio of totals, not a mean of per-path ratios, so that points that barely
     move (tiny chords) do not dominate it. Zero when nothing moves.
     """
-    path = torch.stack([s.detach() for s in states]) if isinstance(states, list) else states.detach()
-    flat = path.flatten(2)  # (K + 1, N, D)
-    length = (flat[1:] - flat[:-1]).norm(dim=2).sum()
-    chord = (flat[-1] - flat[0]).norm(dim=1).sum()
+    lengths, chords = path_lengths(states)
+    length, chord = lengths.sum(), chords.sum()
     if float(chord) == 0.0:
-        return path.new_zeros(())
+        return chord.new_zeros(())
     return length / chord - 1.0
+
+
+def path_lengths(states: Sequence[Tensor] | Tensor) -> tuple[Tensor, Tensor]:
+    """Per trajectory: the path length ``sum_k ||x_{k+1}^i - x_k^i||`` and the chord
+    ``||x_K^i - x_0^i||`` (detached, each of shape ``(N,)``), from ``(K + 1, N, *data_shape)``
+    or the list of states. The one place the straightness measures compute lengths."""
+    path = states.detach() if isinstance(states, Tensor) else torch.stack([s.detach() for s in states])
+    if path.dim() < 3 or path.shape[0] < 2:
+        raise ValueError(f"trajectories must have shape (K + 1, n, *data_shape) with K >= 1, got {tuple(path.shape)}")
+    flat = path.flatten(2)  # (K + 1, N, D)
+    return (flat[1:] - flat[:-1]).norm(dim=2).sum(0), (flat[-1] - flat[0]).norm(dim=1)
