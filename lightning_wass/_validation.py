@@ -82,3 +82,21 @@ def raise_if_diverged(what: str, value: torch.Tensor, *, where: str, hint: str =
         if hint:
             message += f"; {hint}"
         raise DivergenceError(message)
+
+
+def check_data_batch(who: str, x: Any, data_shape: Any, module: torch.nn.Module | None = None) -> None:
+    """A training batch must be what ``who`` was built for: a float tensor of samples shaped
+    ``data_shape`` (when known) in the dtype of ``module``'s parameters. Costs no host sync."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError(f"{who}: training batches must be float tensors, got {getattr(x, 'dtype', type(x).__name__)}")
+    if data_shape is not None and tuple(x.shape[1:]) != tuple(data_shape):
+        raise ValueError(
+            f"{who} was built for data_shape={list(data_shape)} but a training batch has samples of shape "
+            f"{list(x.shape[1:])}; give the DataModule's data_shape (or networks that match the data)"
+        )
+    dtype = next((p.dtype for p in module.parameters()), x.dtype) if module is not None else x.dtype
+    if x.dtype != dtype:
+        raise TypeError(
+            f"{who}: the training batch is {x.dtype} but the module's parameters are {dtype}; use "
+            "Trainer(precision=...) to match them (e.g. '64-true' for float64 data) or convert the data"
+        )

@@ -201,7 +201,7 @@ def test_divergence_raises_and_keeps_the_last_good_checkpoint(tmp_path: Path) ->
     with pytest.raises(DivergenceError, match="smaller gamma"):
         trainer(500, callbacks=[checkpoints, on_exception], enable_checkpointing=True).fit(module, dm)
     failed_at = module.iteration + 1
-    assert 2 < failed_at < 500
+    assert 2 <= failed_at < 500  # the particles' distance bound (max_transport_ratio) stops it at iteration 2
     assert torch.isfinite(module.particle_table.samples).all()  # the failing step wrote nothing
     last = torch.load(tmp_path / "last.ckpt", weights_only=False)
     assert last["global_step"] == module.iteration  # the checkpoint of the last good iteration

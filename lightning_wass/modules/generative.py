@@ -46,8 +46,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lightning_wass._validation import check_int, raise_if_diverged
+from lightning_wass._validation import check_data_batch, check_int, raise_if_diverged
 from lightning_wass.datamodules.batch import unpack_batch
+from lightning_wass.guard import StepCheck, UpdateGuard, rms_ratio
 from lightning_wass.nn.gan_nets import is_image_shape
 
 __all__ = [
@@ -215,6 +216,17 @@ def exact_distances(x: Tensor, y: Tensor, ps: Sequence[int] = (1, 2)) -> dict[in
     return {int(p): float(wasserstein_distance(x, y, p=p, method="exact")) for p in ps}
 
 
+@contextlib.contextmanager
+def _tracked(module: nn.Module, step: contextlib.AbstractContextManager[StepCheck]) -> Iterator[StepCheck]:
+    """Enter ``step`` and make its check the module's current one (for :meth:`check_finite`)."""
+    with step as check:
+        module.__dict__["_check"] = check
+        try:
+            yield check
+        finally:
+            module.__dict__["_check"] = None
+
+
 def _mixed_seed(*parts: int) -> int:
     """A 63-bit seed mixing ``parts`` (numpy's SeedSequence), for independent noise streams."""
     state = np.random.SeedSequence([int(p) % 2**63 for p in parts]).generate_state(2, dtype=np.uint32)
@@ -290,9 +302,54 @@ class LatentGenerativeModule(pl.LightningModule):
             )
         return x
 
+    # ------------------------------------------------------------------ divergence (lightning_wass.guard)
+    max_update_ratio: float | None = 1e3
+    """One step may move an optimizer's parameters at most this many times their norm (``None``: no bound)."""
+    sample_spread_bound: float | None = 1e3
+    """Generated samples may be at most this many times the data batch's RMS norm (``None``: no bound)."""
+
+    def where(self) -> str:
+        """The module and step named in divergence messages."""
+        return f"{type(self).__name__} generator step {self.generator_step}"
+
+    def guarded_step(self) -> contextlib.AbstractContextManager[StepCheck]:
+        """``with self.guarded_step() as check:`` around a training step (see :mod:`lightning_wass.guard`).
+
+        A diverged step restores the networks, the optimizer states and :attr:`_counters` before
+        :class:`~lightning_wass.DivergenceError` propagates, so nothing diverged reaches a checkpoint.
+        """
+        guard = self.__dict__.get("_guard")
+        if guard is None:
+            guard = self.__dict__["_guard"] = UpdateGuard()
+        guard.max_update_ratio = self.max_update_ratio
+        return _tracked(self, guard.step(self.where(), owner=self, counters=self._counters))
+
     def check_finite(self, what: str, value: Tensor, hint: str) -> None:
-        """Stop with :class:`~lightning_wass.DivergenceError` naming the module and generator step."""
-        raise_if_diverged(what, value, where=f"{type(self).__name__} generator step {self.generator_step}", hint=hint)
+        """``value`` must be finite: recorded in the running guarded step (read back once at its end),
+        or checked now outside one; :class:`~lightning_wass.DivergenceError` names the module and step."""
+        check = self.__dict__.get("_check")
+        if check is not None:
+            check.finite(what, value, hint)
+        else:
+            raise_if_diverged(what, value, where=self.where(), hint=hint)
+
+    def check_batch(self, x: Tensor, check: StepCheck | None = None) -> None:
+        """A training batch must match what the module was built for: float, ``(n, *data_shape)``,
+        the parameters' dtype, and (recorded in ``check``, read back with the step's flags) finite."""
+        check_data_batch(type(self).__name__, x, self.data_shape, self)
+        if check is not None:
+            check.finite("the training batch", x, "clean the data (the DataModules refuse non-finite data at setup)", error=ValueError)
+
+    def check_samples(self, generated: Tensor, data: Tensor, hint: str, *, what: str = "the generator output") -> None:
+        """Generated samples must be finite and within :attr:`sample_spread_bound` times the data's RMS norm.
+
+        ``rms(x) = sqrt(mean_i ||x_i||^2)``; the bound is on ``rms(generated) / rms(data)``.
+        """
+        self.check_finite(what, generated, hint)
+        check = self.__dict__.get("_check")
+        if check is None or self.sample_spread_bound is None:
+            return
+        check.bounded(f"the RMS norm of {what} over the data batch's", rms_ratio(generated, data), self.sample_spread_bound, hint)
 
     # ------------------------------------------------------------------ counters in checkpoints
     _counters: tuple[str, ...] = ("generator_step", "_draws")

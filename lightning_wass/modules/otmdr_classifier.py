@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from lightning_wass._validation import check_choice, check_fraction, check_int, check_positive, raise_if_diverged
 from lightning_wass.datamodules import unpack_batch
+from lightning_wass.guard import guarded_optimizer_step
 from lightning_wass.modules.classifier_metrics import (
     PairwiseDisagreement,
     calibration_metrics,
@@ -403,10 +404,11 @@ class OTMDRClassifier(pl.LightningModule):
             return base(groups, **kwargs)
         if self.method == "sam":
             return SAM(groups, base, rho=self.rho[0], adaptive=hp.adaptive, sync_ascent=hp.sync_ascent,
-                       freeze_norm_stats=hp.freeze_norm_stats, **kwargs)
+                       freeze_norm_stats=hp.freeze_norm_stats, max_update_ratio=self.max_update_ratio, **kwargs)
         return OTMDR(
             groups,
             base,
+            max_update_ratio=self.max_update_ratio,
             rho=self.rho,
             num_particles=hp.num_particles,
             noise_std=hp.noise_std,
@@ -418,6 +420,20 @@ class OTMDRClassifier(pl.LightningModule):
             sync_ascent=hp.sync_ascent,
             seed=hp.seed,
             **kwargs,
+        )
+
+    max_update_ratio: float | None = 1e3
+    """The largest step, ``||theta' - theta|| <= r max(||theta||, 1)`` (``None``: no bound), for every ``method``."""
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        """``method="base"``: Lightning's step, undone and reported when its result diverges
+        (:mod:`lightning_wass.guard`); OTMDR and SAM check and undo their own steps."""
+        if self.method != "base":
+            optimizer.step(closure=optimizer_closure)
+            return
+        guarded_optimizer_step(
+            self, optimizer, optimizer_closure, name="network", hint=f"lower lr (now {self.hparams.lr:g}; check what the scheduler sets)",
+            where=f"{type(self).__name__} step {self.global_step}",
         )
 
     def configure_optimizers(self) -> Any:

@@ -83,8 +83,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lightning_wass._validation import check_choice, check_int, check_positive, raise_if_diverged
+from lightning_wass._validation import check_choice, check_data_batch, check_int, check_positive, raise_if_diverged
 from lightning_wass.datamodules.batch import unpack_batch
+from lightning_wass.guard import StepCheck, UpdateGuard, rms_ratio
 from lightning_wass.nn.potentials import ConvDiscriminator, ConvPotential, MLPDiscriminator, PotentialMLP
 from lightning_wass.proximal.divergences import DIVERGENCES, f_divergence_dual, lipschitz_penalty
 from lightning_wass.proximal.indicators import (
@@ -418,21 +419,43 @@ class W1W2ProximalFlow(pl.LightningModule):
     def _rank(self) -> int:
         return int(self.trainer.global_rank) if self._trainer is not None else 0
 
+    max_update_ratio: float | None = 1e3
+    """One step may move an optimizer's parameters at most this many times their norm (``None``: no bound)."""
+    sample_spread_bound: float | None = 1e3
+    """The flow's samples may be at most this many times the data batch's RMS norm (``None``: no bound)."""
+
     def training_step(self, batch: Any, batch_idx: int) -> None:
         real = unpack_batch(batch).x
+        check_data_batch(type(self).__name__, real, self.data_shape, self.potential)
+        guard = self.__dict__.get("_guard")
+        if guard is None:
+            guard = self.__dict__["_guard"] = UpdateGuard()
+        guard.max_update_ratio = self.max_update_ratio
+        # a diverged step puts the networks, their optimizers and the counters back, then raises
+        with guard.step(self._where(), owner=self, counters=("critic_steps", "potential_steps")) as check:
+            self._guarded_training_step(real, check)
+
+    def _check_flow_samples(self, check: StepCheck, fake: Tensor, real: Tensor) -> None:
+        if self.sample_spread_bound is not None:
+            check.bounded("the flow's samples' RMS norm over the data batch's", rms_ratio(fake, real), self.sample_spread_bound, self.divergence_hint())
+
+    def _guarded_training_step(self, real: Tensor, check: StepCheck) -> None:
         n = real.shape[0]
         opt_phi, opt_u = self.optimizers()  # type: ignore[misc]
         step = self.global_step
         gen = _derived_generator(self.device, self.seed, self._rank(), step, _STREAM_DISCRIMINATOR)
+        check.finite("the training batch", real, "clean the data (NaN or Inf in the inputs)", error=ValueError)
 
         # Discriminator (ascent on the dual objective, with the Lipschitz penalty).
         fake = self.flow(self.sample_reference(n, gen)).terminal
+        self._check_flow_samples(check, fake, real)
         parts = self.discriminator_loss(real, fake, gen)
-        raise_if_diverged("discriminator loss", parts["loss"], where=self._where(), hint=self.divergence_hint())
+        check.finite("the discriminator loss", parts["loss"], self.divergence_hint())
         opt_phi.zero_grad(set_to_none=True)
         # The potential is not in this graph: give it exact zero gradients so that DDP's reducer
         # (find_unused_parameters=False, the default) completes; the update is unchanged.
         self.manual_backward(parts["loss"] + _zero_touch(self.potential))
+        check.update("discriminator", opt_phi, f"lower lr_discriminator (now {self.lr_discriminator:g}); " + self.divergence_hint())
         opt_phi.step()
         self.critic_steps += 1
         self.log("train/divergence", parts["divergence"].detach(), prog_bar=True, batch_size=n)
@@ -444,11 +467,12 @@ class W1W2ProximalFlow(pl.LightningModule):
         gen_u = _derived_generator(self.device, self.seed, self._rank(), step, _STREAM_POTENTIAL)
         rollout = self.flow(self.sample_reference(n, gen_u), create_graph=True)
         parts_u = self.potential_loss(rollout)
-        raise_if_diverged("potential loss", parts_u["loss"], where=self._where(), hint=self.divergence_hint())
+        check.finite("the potential loss", parts_u["loss"], self.divergence_hint())
         opt_u.zero_grad(set_to_none=True)
         # The loss reaches phi too (x_T goes through it; discarded below) but not the potential's
         # output bias (only grad_x U enters the flow): zero-touch it for DDP's reducer.
         self.manual_backward(parts_u["loss"] + _zero_touch(self.potential))
+        check.update("potential", opt_u, f"lower lr_potential (now {self.lr_potential:g}); " + self.divergence_hint())
         opt_u.step()
         opt_phi.zero_grad(set_to_none=True)
         self.potential_steps += 1

@@ -31,8 +31,9 @@ import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 
-from lightning_wass._validation import check_choice, check_int, check_positive, raise_if_diverged
+from lightning_wass._validation import check_choice, check_data_batch, check_int, check_positive, raise_if_diverged
 from lightning_wass.datamodules.batch import unpack_batch
+from lightning_wass.guard import guarded_optimizer_step
 from lightning_wass.nn.vae_nets import ARCHITECTURES, build_vae_nets, resolve_architecture
 
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -196,7 +197,37 @@ class VAE(pl.LightningModule):
         return x, terms
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        if not self.__dict__.get("_range_checked"):  # the first batch of each fit
+            x = unpack_batch(batch).x
+            check_data_batch(type(self).__name__, x, self.data_shape, self)
+            self.check_range(x)  # one host sync
+            self.__dict__["_range_checked"] = True
         return self._step(batch, "train")[1]["loss"]
+
+    def on_fit_start(self) -> None:
+        self.__dict__["_range_checked"] = False
+
+    def check_range(self, x: Tensor) -> None:
+        """Both likelihoods model intensities in ``[0, 1]``: raise ``ValueError`` for data outside it."""
+        if not isinstance(x, Tensor) or not x.is_floating_point() or x.numel() == 0:
+            return
+        low, high = (float(v) for v in torch.stack([x.min(), x.max()]).tolist())
+        if low < 0.0 or high > 1.0:
+            raise ValueError(
+                f"VAE inputs must lie in [0, 1] (the {self.likelihood!r} likelihood models intensities in [0, 1]), "
+                f"but a training batch holds values in [{low:.4g}, {high:.4g}]; rescale the data, e.g. "
+                "(x - x.min()) / (x.max() - x.min()), or use one of our image DataModules"
+            )
+
+    max_update_ratio: float | None = 1e3
+    """One step may move the networks' parameters at most this many times their norm (``None``: no bound)."""
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        """Lightning's step, undone and reported when its result diverges (:mod:`lightning_wass.guard`)."""
+        guarded_optimizer_step(
+            self, optimizer, optimizer_closure, name="VAE", hint=f"lower lr (now {self.lr:g})",
+            where=f"{type(self).__name__} step {self.global_step}",
+        )
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         x, _ = self._step(batch, "val")

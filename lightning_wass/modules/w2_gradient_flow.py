@@ -247,9 +247,15 @@ class W2GradientFlow(LatentGenerativeModule):
     def _fit_estimator(self, loss_fn: Callable[[], Tensor], what: str) -> None:
         """``potential_steps`` Adam steps of the estimator's network(s) on ``loss_fn()`` (warm-started)."""
         opt = self.optimizers()[1]
+        hint = f"lower potential_lr (now {self.potential_lr:g})" + (
+            f" or dual_penalty (now {self.dual_penalty:g})" if self.transport == "adversarial" else ""
+        )
+        check = self.__dict__.get("_check")
+        if check is not None:
+            check.update("potential", opt, hint)
         for _ in range(self.potential_steps):
             loss = loss_fn()
-            self.check_finite(what, loss, "lower potential_lr" + (" or dual_penalty" if self.transport == "adversarial" else ""))
+            self.check_finite(what, loss, hint)
             opt.zero_grad(set_to_none=True)
             self.manual_backward(loss + self.zero_touch(self.generator))
             opt.step()
@@ -263,24 +269,31 @@ class W2GradientFlow(LatentGenerativeModule):
         real = unpack_batch(batch).x
         z = self.noise(len(real))
         opt_g = self.optimizers()[0] if self.potential is not None else self.optimizers()
-        with torch.no_grad():
-            generated = self.generate(z, real)
-        self.check_finite("generator output", generated, "the generator diverged; lower lr or dt")
-        targets, w2 = self.transport_targets(generated, real)
-        self.check_finite("minibatch W2 (OT targets)", w2, "the generator diverged; lower lr or dt")
-        extra = self._extra_networks()
-        first = last = None
-        for _ in range(self.persistent_steps):
-            loss = self.regression_loss(self.generator(z), targets)
-            self.check_finite("regression loss", loss, "lower lr or dt")
-            opt_g.zero_grad(set_to_none=True)
-            # Only the generator is in this graph; zero_touch keeps DDP's reducer complete for phi.
-            self.manual_backward(loss + self.zero_touch(*extra) if extra else loss)
-            opt_g.step()
-            self.generator_step += 1
-            first = loss.detach() if first is None else first
-            last = loss.detach()
-        self.outer_step += 1
+        hint = f"lower dt (now {self.dt:g}) or lr (now {self.lr:g})"
+        with self.guarded_step() as check:
+            self.check_batch(real, check)
+            with torch.no_grad():
+                generated = self.generate(z, real)
+            self.check_samples(generated, real, hint)
+            if self.transport == "exact":
+                check.verify()  # the OT solver refuses non-finite points: name the module and step first
+            targets, w2 = self.transport_targets(generated, real)
+            self.check_finite("the minibatch W2 (OT targets)", w2, hint)
+            self.check_samples(targets, real, f"the Euler targets y + dt (T(y) - y) overshoot: lower dt (now {self.dt:g})", what="the Euler targets")
+            extra = self._extra_networks()
+            first = last = None
+            check.update("generator", opt_g, hint)
+            for _ in range(self.persistent_steps):
+                loss = self.regression_loss(self.generator(z), targets)
+                self.check_finite("the regression loss", loss, hint)
+                opt_g.zero_grad(set_to_none=True)
+                # Only the generator is in this graph; zero_touch keeps DDP's reducer complete for phi.
+                self.manual_backward(loss + self.zero_touch(*extra) if extra else loss)
+                opt_g.step()
+                self.generator_step += 1
+                first = loss.detach() if first is None else first
+                last = loss.detach()
+            self.outer_step += 1
         self.log_dict(
             {
                 "train/W2_minibatch": w2.detach().float(),

@@ -210,33 +210,48 @@ class WGAN(LatentGenerativeModule):
         return generator_loss(self.critic_score(fake))
 
     # ------------------------------------------------------------------ training
+    def critic_hint(self) -> str:
+        """What to change when the critic diverges, for this Lipschitz constraint."""
+        if self.lipschitz == "clip":
+            return f"lower lr (now {self.lr:g}; WGAN's RMSprop default is 5e-5)"
+        if self.lipschitz == "gp":
+            return f"lower lr (now {self.lr:g}) or gp_weight (now {self.gp_weight:g})"
+        return f"lower lr (now {self.lr:g}; SN-GAN's default is 2e-4)"
+
     def training_step(self, batch: Any, batch_idx: int) -> None:
         real = unpack_batch(batch).x
         n = len(real)
         opt_g, opt_c = self.optimizers()
-
-        with torch.no_grad():
-            fake = self.generate(self.noise(n), real)
-        loss_c, logs = self.critic_objective(real, fake)
-        self.check_finite("critic loss", loss_c, "lower lr, or use lipschitz='gp' / a smaller gp_weight")
-        opt_c.zero_grad(set_to_none=True)
-        # The generator is not in this graph; zero_touch gives it zero gradients so DDP's reducer completes.
-        self.manual_backward(loss_c + self.zero_touch(self.generator))
-        opt_c.step()
-        if self.lipschitz == "clip":
-            clip_weights(self.critic.parameters(), self.clip_value)
-        self.critic_step += 1
-        self.log_dict(logs, prog_bar=False)
-
-        if self.critic_step % self.n_critic == 0:
-            fake = self.generate(self.noise(n), real)
-            loss_g = self.generator_objective(fake)
-            self.check_finite("generator loss", loss_g, "lower lr or raise n_critic")
-            opt_g.zero_grad(set_to_none=True)
-            self.manual_backward(loss_g)  # reaches the critic too (it is in the graph); its grads are discarded
-            opt_g.step()
+        with self.guarded_step() as check:
+            self.check_batch(real, check)
+            with torch.no_grad():
+                fake = self.generate(self.noise(n), real)
+            loss_c, logs = self.critic_objective(real, fake)
+            self.check_finite("the critic loss", loss_c, self.critic_hint())
             opt_c.zero_grad(set_to_none=True)
-            self.generator_step += 1
+            # The generator is not in this graph; zero_touch gives it zero gradients so DDP's reducer completes.
+            self.manual_backward(loss_c + self.zero_touch(self.generator))
+            check.update("critic", opt_c, self.critic_hint())
+            opt_c.step()
+            if self.lipschitz == "clip":
+                clip_weights(self.critic.parameters(), self.clip_value)
+            self.critic_step += 1
+
+            stepped_generator = self.critic_step % self.n_critic == 0
+            if stepped_generator:
+                fake = self.generate(self.noise(n), real)
+                loss_g = self.generator_objective(fake)
+                hint = f"lower lr (now {self.lr:g}) or raise n_critic (now {self.n_critic})"
+                self.check_finite("the generator loss", loss_g, hint)
+                self.check_samples(fake, real, hint)
+                opt_g.zero_grad(set_to_none=True)
+                self.manual_backward(loss_g)  # reaches the critic too (it is in the graph); its grads are discarded
+                check.update("generator", opt_g, hint)
+                opt_g.step()
+                opt_c.zero_grad(set_to_none=True)
+                self.generator_step += 1
+        self.log_dict(logs, prog_bar=False)
+        if stepped_generator:
             self.log("train/generator_loss", loss_g.detach())
         self.log("train/generator_step", float(self.generator_step))
 

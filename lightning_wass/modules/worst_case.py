@@ -30,10 +30,11 @@ from torch import Tensor, nn
 from lightning_wass._validation import (
     check_fraction,
     check_int,
+    check_finite,
     check_positive,
-    raise_if_diverged,
 )
-from lightning_wass.datamodules.batch import require_index, unpack_batch
+from lightning_wass.datamodules.batch import padding_mask, require_index, unpack_batch
+from lightning_wass.guard import StepCheck, UpdateGuard, rms_norm
 from lightning_wass.modules.worst_case_particles import ParticleTable, WorstCaseParticles
 from lightning_wass.nn.transport_map import ResidualTransportMap
 from lightning_wass.wdro import (
@@ -190,6 +191,15 @@ class WorstCaseGenerator(pl.LightningModule):
 
         ``x`` (and a float ``y``) are cast to the map's parameter dtype (the table's when it has none).
         """
+        if not isinstance(x, Tensor):
+            raise TypeError(f"transport: x must be a tensor, got {type(x).__name__}")
+        facts = self._default_transport
+        width = facts["in_features"] if facts is not None else (
+            math.prod(self.particle_table.samples.shape[1:]) if self.particle_table.allocated else None  # type: ignore[union-attr]
+        )
+        if width is not None and (x.ndim < 2 or math.prod(x.shape[1:]) != width):
+            raise ValueError(f"transport: x must have shape (N, ...) with {width} features per sample (the training data's), got {list(x.shape)}")
+        check_finite("transport: x", x)
         dtype = self._transport_dtype()
         if y is not None and y.is_floating_point():
             y = y.to(dtype)
@@ -304,54 +314,66 @@ class WorstCaseGenerator(pl.LightningModule):
         y = unpacked.y
         world, _ = self._world()
         global_index = self._gather(index)
+        real = self._real_rows(global_index, world)
         if not table.allocated:
             table.allocate(int(self.hparams.num_particles), x, y)
             x = x.to(table.dtype)
         if not table.complete:
-            self._check_index(global_index, table.size)  # one host sync, only while the table fills
-            table.register(global_index, self._gather(x), None if y is None else self._gather(y))
+            rows = global_index if real is None else global_index[real]
+            self._check_index(rows, table.size)  # one host sync, only while the table fills
+            gathered_x, gathered_y = self._gather(x), None if y is None else self._gather(y)
+            if real is not None:
+                gathered_x, gathered_y = gathered_x[real], None if gathered_y is None else gathered_y[real]
+            table.register(rows, gathered_x, gathered_y)
         m = x.shape[0]
+        padding = None if real is None else index < 0  # this rank's padding rows (DDP, N not divisible by W)
 
         optimizers = self.optimizers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
 
-        # one forward/backward: d/dv for the particles, d/dtheta for the model, d/dphi for T
-        v_old, g_old = table.read(index)
-        v = v_old.detach().clone().requires_grad_(True)
-        output = self.model(v)
-        self._check_labels_once(y, output)
-        losses = self.compute_losses(output, y)
-        match_rows, match_total = self._matching_rows(global_index)
-        mx, mv, my = table.origins[match_rows], table.samples[match_rows], None  # type: ignore[index]
-        if table.targets is not None and self.conditional_transport:
-            my = table.targets[match_rows]
-        matching = self.matching_losses(mx, mv, my).sum() * (world / match_total)
-        self.manual_backward(losses.mean() + matching)
+        with self._guarded_step() as check:
+            check.finite("the training batch", x, "clean the data (NaN or Inf in the inputs)", error=ValueError)
+            # one forward/backward: d/dv for the particles, d/dtheta for the model, d/dphi for T
+            v_old, g_old = self._read_particles(index, x, padding)
+            v = v_old.detach().clone().requires_grad_(True)
+            output = self._first_forward(v) if not self._labels_checked else self.model(v)
+            self._check_labels_once(y, output)
+            losses = self.compute_losses(output, y)
+            match_rows, match_total = self._matching_rows(global_index if real is None else global_index[real])
+            mx, mv, my = table.origins[match_rows], table.samples[match_rows], None  # type: ignore[index]
+            if table.targets is not None and self.conditional_transport:
+                my = table.targets[match_rows]
+            matching = self.matching_losses(mx, mv, my).sum() * (world / match_total)
+            model_loss = losses.mean() if padding is None else torch.where(padding, 0.0, losses).sum() / m
+            self.manual_backward(model_loss + matching)
 
-        grad_v = torch.zeros_like(v_old) if v.grad is None else v.grad * m
-        direction = ascent_direction(grad_v, v_old, x, self.hparams.gamma)
-        v_new, g_new = heavy_ball_ascent(v_old, g_old, direction, self.hparams.particle_lr, self.hparams.particle_momentum)
+            grad_v = torch.zeros_like(v_old) if v.grad is None else v.grad * m
+            direction = ascent_direction(grad_v, v_old, x, self.hparams.gamma)
+            v_new, g_new = heavy_ball_ascent(v_old, g_old, direction, self.hparams.particle_lr, self.hparams.particle_momentum)
 
-        # the new rows of the global batch (all-gathered under DDP): every rank decides and writes alike
-        if world == 1:
-            v_all, g_all, loss_all, match_all = v_new, g_new, losses.detach(), matching.detach().reshape(1)
-        else:
-            d = v_new[0].numel()
-            flat = [v_new.reshape(m, -1), g_new.reshape(m, -1), losses.detach().reshape(m, 1), matching.detach().reshape(1, 1).expand(m, 1)]
-            payload = self._gather(torch.cat([t.to(v_new.dtype) for t in flat], dim=1))
-            v_all = payload[:, :d].reshape(-1, *v_new.shape[1:])
-            g_all = payload[:, d : 2 * d].reshape(-1, *v_new.shape[1:])
-            loss_all, match_all = payload[:, 2 * d], payload[:, 2 * d + 1]
-        self._raise_if_diverged(loss_all, v_all, g_all, match_all)
+            # the new rows of the global batch (all-gathered under DDP): every rank decides and writes alike
+            if world == 1:
+                v_all, g_all, loss_all, match_all = v_new, g_new, losses.detach(), matching.detach().reshape(1)
+            else:
+                d = v_new[0].numel()
+                flat = [v_new.reshape(m, -1), g_new.reshape(m, -1), losses.detach().reshape(m, 1), matching.detach().reshape(1, 1).expand(m, 1)]
+                payload = self._gather(torch.cat([t.to(v_new.dtype) for t in flat], dim=1))
+                v_all = payload[:, :d].reshape(-1, *v_new.shape[1:])
+                g_all = payload[:, d : 2 * d].reshape(-1, *v_new.shape[1:])
+                loss_all, match_all = payload[:, 2 * d], payload[:, 2 * d + 1]
+            if real is not None:  # the padding rows are no particles: never checked, never written
+                global_index, loss_all, v_all, g_all = global_index[real], loss_all[real], v_all[real], g_all[real]
+            self._record_checks(check, loss_all, v_all, g_all, match_all, table.origins[global_index], optimizers)  # type: ignore[index]
 
-        for i, opt in enumerate(optimizers):
-            # one counted (Lightning) step per iteration, so max_steps counts GDA iterations
-            (opt if i == 0 else opt.optimizer).step()
-        if self.iteration >= self.hparams.model_warmup_steps:
-            table.write(global_index, v_all, g_all)
-        self.iteration += 1
+            for i, opt in enumerate(optimizers):
+                # one counted (Lightning) step per iteration, so max_steps counts GDA iterations
+                (opt if i == 0 else opt.optimizer).step()
+            check.verify()  # one host read of every check; a failure restores the networks and raises
+            if self.iteration >= self.hparams.model_warmup_steps:
+                table.write(global_index, v_all, g_all)
+            self.iteration += 1
 
         if self._should_log():
             self._log_step(loss_all, match_all, v_old, x, y)
@@ -376,6 +398,29 @@ class WorstCaseGenerator(pl.LightningModule):
             return tensor
         gathered = self.trainer.strategy.all_gather(tensor)
         return gathered.reshape(-1, *tensor.shape[1:])
+
+    @staticmethod
+    def _real_rows(global_index: Tensor, world: int) -> Tensor | None:
+        """The rows of the global batch that are dataset points, or ``None`` when all are.
+
+        Under DDP with a training-set size not divisible by the world size, the DataModule's sampler
+        fills the last batches with padding rows marked ``index = -1`` (see
+        :mod:`lightning_wass.datamodules.batch`); they keep every rank's batch the same size but
+        are dropped here, so no particle is updated twice an epoch. One host read per step, under
+        DDP only (one process never pads).
+        """
+        if world == 1:
+            return None
+        real = ~padding_mask(global_index)
+        return None if bool(real.all()) else real
+
+    def _read_particles(self, index: Tensor, x: Tensor, padding: Tensor | None) -> tuple[Tensor, Tensor]:
+        """``(v, g)`` of this rank's rows; a padding row reads its own point with zero momentum."""
+        if padding is None:
+            return self.particle_table.read(index)
+        v, g = self.particle_table.read(index.clamp_min(0))
+        pad = padding.reshape((-1,) + (1,) * (x.dim() - 1))
+        return torch.where(pad, x, v), torch.where(pad, torch.zeros_like(g), g)
 
     def _matching_rows(self, global_index: Tensor) -> tuple[Tensor, int]:
         """This rank's share of the ``m'`` particles the transport map matches this iteration.
@@ -436,23 +481,69 @@ class WorstCaseGenerator(pl.LightningModule):
                 f"{output.shape[1]} outputs, got labels in [{low}, {high}]"
             )
 
-    def _raise_if_diverged(self, losses: Tensor, samples: Tensor, momentum: Tensor, matching: Tensor) -> None:
-        """Raise :class:`DivergenceError` before anything is written if a value is not finite.
+    max_transport_ratio: float | None = 100.0
+    """Particles may move at most this many times the data batch's RMS norm from their points
+    (``max_i ||v_i - x_i|| <= r sqrt(mean_i ||x_i||^2)``; ``None``: no bound). A worst case that far
+    out is no longer a nearby distribution: the inner maximisation has lost its concavity."""
+    max_update_ratio: float | None = 1e3
+    """One step may move the model's or the map's parameters at most this many times their norm."""
 
-        One host sync: NaN/Inf propagate through the sums (the detailed checks run only then).
+    def _guarded_step(self) -> Any:
+        guard = self.__dict__.get("_guard")
+        if guard is None:
+            guard = self.__dict__["_guard"] = UpdateGuard()
+        guard.max_update_ratio = self.max_update_ratio
+        return guard.step(f"{type(self).__name__} iteration {self.iteration + 1}", owner=self, counters=("iteration",))
+
+    def _first_forward(self, v: Tensor) -> Tensor:
+        """The model's first forward pass, with a clear error if it cannot take the data's samples."""
+        try:
+            return self.model(v)
+        except RuntimeError as error:
+            raise ValueError(
+                f"WorstCaseGenerator: the model cannot take the training samples (shape {list(v.shape[1:])}, "
+                f"dtype {v.dtype}): {error}. Give a model whose input matches the DataModule's data_shape "
+                "(and Trainer(precision='64-true') for float64 data)"
+            ) from error
+
+    def _record_checks(
+        self, check: StepCheck, losses: Tensor, samples: Tensor, momentum: Tensor, matching: Tensor, origins: Tensor,
+        optimizers: list[Any],
+    ) -> None:
+        """What must stay finite and bounded this iteration (read back once, in ``check.verify``).
+
+        The order is cause before effect: the model's loss at the particles (read from the table, so
+        finite), then the new particles, then the transport map's matching loss, then each update.
         """
-        if bool(torch.isfinite(losses.sum() + matching.sum() + samples.sum() + momentum.sum())):
-            return
-        where = f"{type(self).__name__} iteration {self.iteration + 1}"
-        hint = (
-            f"the inner maximisation diverges when gamma is too large for the loss's curvature in v "
-            f"(it must stay concave: gamma * curvature < 1); use a smaller gamma (now {self.hparams.gamma:g}) "
-            f"or a smaller particle_lr (now {self.hparams.particle_lr:g}). The model and particles were not updated "
-            "by this step, so the last checkpoint is intact"
+        hp = self.hparams
+        particle_hint = (
+            f"the inner maximisation diverges: use a smaller gamma (now {hp.gamma:g}; it must keep gamma times the "
+            f"loss's curvature in v below 1) or a smaller particle_lr (now {hp.particle_lr:g})"
         )
-        raise_if_diverged("the model loss on the particles", losses, where=where, hint=hint)
-        raise_if_diverged("the particles", torch.stack([samples.sum(), momentum.sum()]), where=where, hint=hint)
-        raise_if_diverged("the transport map's matching loss", matching, where=where, hint=hint)
+        check.finite("the model's loss on the particles", losses, lambda: self._loss_hint(samples, origins))
+        check.finite("the particles' momentum", momentum, particle_hint)
+        if self.max_transport_ratio is not None:
+            moved = (samples - origins).detach().flatten(1).norm(dim=1).max() / rms_norm(origins).clamp_min(1e-12)
+            check.bounded("the particles' largest move over the data's RMS norm", moved, self.max_transport_ratio, particle_hint)
+        else:
+            check.finite("the particles", samples, particle_hint)
+        check.finite("the transport map's matching loss", matching, f"lower transport_lr (now {hp.transport_lr:g})")
+        if hp.train_model:
+            check.update("model", optimizers[0], f"lower model_lr (now {hp.model_lr:g})")
+        check.update("transport map", optimizers[-1], f"lower transport_lr (now {hp.transport_lr:g})")
+
+    def _loss_hint(self, samples: Tensor, origins: Tensor) -> str:
+        """Blame what blew up: the particles (far from their points) or the model (its weights grew)."""
+        hp = self.hparams
+        if not bool(torch.isfinite(samples).all()) or (
+            self.max_transport_ratio is not None
+            and float((samples - origins).flatten(1).norm(dim=1).max() / rms_norm(origins).clamp_min(1e-12)) > 0.1 * self.max_transport_ratio
+        ):
+            return f"the particles moved far from the data: use a smaller gamma (now {hp.gamma:g}) or a smaller particle_lr (now {hp.particle_lr:g})"
+        if hp.train_model:
+            norm = float(torch.stack([p.detach().float().norm() for p in self.model.parameters()]).norm())
+            return f"the model's output overflowed (its weights have norm {norm:.3g}): lower model_lr (now {hp.model_lr:g}) or check the loss"
+        return "the frozen model's output is not finite on the data: check the model and the loss"
 
     def _should_log(self) -> bool:
         trainer = self._trainer

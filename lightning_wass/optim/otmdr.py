@@ -117,6 +117,9 @@ class OTMDR(TwoStepAPI, Optimizer):
             ``enable_running_stats`` / ``disable_running_stats`` pattern); ``False``: never frozen.
         seed: seeds the noise and the chunk permutations (with the step number and particle), so a
             resumed run draws the same noise as an uninterrupted one.
+        max_update_ratio: the largest base step allowed, ``||theta' - theta|| <= max_update_ratio *
+            max(||theta||, 1)`` (``None``: no bound). A step beyond it (an exploding learning rate
+            makes finite but useless weights, e.g. 1e22) is undone and raises ``DivergenceError``.
         **base_kwargs: passed to ``base_optimizer`` (``lr``, ``momentum``, ``weight_decay``, ...);
             non-finite or negative ``lr`` / ``weight_decay`` and ``momentum`` or ``betas`` outside
             ``[0, 1)`` are refused here.
@@ -129,7 +132,8 @@ class OTMDR(TwoStepAPI, Optimizer):
 
     ``step`` returns the detached loss of the first pass (at ``theta_0``). Every loss and gradient
     of the step and the parameters after the base step are checked (one host synchronisation per
-    step): a non-finite one restores the parameters and the base optimizer's state to their values
+    step), and so is the size of the base step (``max_update_ratio``): a non-finite one, or a step
+    beyond the bound, restores the parameters and the base optimizer's state to their values
     before the step and raises :class:`~lightning_wass.DivergenceError` naming what diverged. With a
     ``GradScaler`` an inf/NaN gradient instead skips the step and lowers the scale, as
     ``GradScaler.step`` does.
@@ -169,8 +173,10 @@ class OTMDR(TwoStepAPI, Optimizer):
         sync_ascent: bool = True,
         freeze_norm_stats: bool | str = True,
         seed: int = 0,
+        max_update_ratio: float | None = 1e3,
         **base_kwargs: Any,
     ) -> None:
+        self.max_update_ratio = None if max_update_ratio is None else check_positive("max_update_ratio", max_update_ratio)
         self.num_particles = check_int("num_particles", num_particles, minimum=1)
         if ascent_steps is not None:
             check_int("ascent_steps", ascent_steps, minimum=1)
@@ -587,51 +593,68 @@ class OTMDR(TwoStepAPI, Optimizer):
         snapshot = self._progress.state_snapshot
         snapshot.save(self.base_optimizer, run.params)
         self.base_optimizer.step()
-        bad_checks, bad_params, found_inf, bad_loss = self._verdict(run, present)
+        bad_checks, bad_params, found_inf, bad_loss, update_ratio = self._verdict(run, present)
         if found_inf and not bad_loss:
             run.restore_all()
             snapshot.restore(self.base_optimizer)
             self._progress.skipped_steps += 1
             self._progress.last_step_skipped = True
             return
-        if bad_checks or bad_params or found_inf:
+        if bad_checks or bad_params or found_inf or self._too_far(update_ratio):
             run.restore_all()
             snapshot.restore(self.base_optimizer)
-            self._raise_divergence(run, bad_params and not bad_checks)
+            self._raise_divergence(run, bad_params and not bad_checks, update_ratio)
         self._progress.completed_steps += 1
 
-    def _verdict(self, run: StepRun, stepped: list[Tensor]) -> tuple[bool, bool, bool, bool]:
+    def _verdict(self, run: StepRun, stepped: list[Tensor]) -> tuple[bool, bool, bool, bool, float]:
         """(a check is non-finite, a parameter is non-finite, the scaler found an inf, the loss at theta is
-        non-finite), read back in one host synchronisation."""
+        non-finite, the update's size ``||theta' - theta|| / max(||theta||, 1)``), read back in one host
+        synchronisation."""
         if stepped:
             run.check("the gradient that was stepped", torch.stack([n.to(run.device) for n in torch._foreach_norm(stepped, 2, dtype=torch.float32)]).norm())
-        flags = [torch.zeros((), dtype=torch.bool, device=run.device)] * 4
+        flags = [torch.zeros((), dtype=torch.float32, device=run.device)] * 5
         if run.checks:
-            flags[0] = ~torch.isfinite(torch.stack([value for _, value in run.checks])).all()
+            flags[0] = (~torch.isfinite(torch.stack([value for _, value in run.checks])).all()).float()
         if run.params:
             norms = torch.stack([n.to(run.device).float() for n in torch._foreach_norm(run.params, 2, dtype=torch.float32)])
-            flags[1] = ~torch.isfinite(norms).all()
+            flags[1] = (~torch.isfinite(norms).all()).float()
+            if self.max_update_ratio is not None:
+                flags[4] = _update_ratio(run.params, run.theta, run.device)
         if run.scaling is not None:
             if not self.sync_ascent:
                 run.scaling.agree_across_replicas()
-            flags[2] = run.scaling.found_inf.to(run.device) > 0
+            flags[2] = (run.scaling.found_inf.to(run.device) > 0).float()
             run.scaling.finish()
         if run.loss is not None:
-            flags[3] = ~torch.isfinite(run.loss.detach().float()).all()
-        return tuple(bool(v) for v in torch.stack(flags).tolist())  # type: ignore[return-value]
+            flags[3] = (~torch.isfinite(run.loss.detach().float()).all()).float()
+        values = torch.stack(flags).tolist()
+        return bool(values[0]), bool(values[1]), bool(values[2]), bool(values[3]), float(values[4])
 
-    def _raise_divergence(self, run: StepRun, params_only: bool) -> None:
+    def _too_far(self, update_ratio: float) -> bool:
+        """Whether the base step moved the parameters beyond ``max_update_ratio`` times their norm."""
+        return self.max_update_ratio is not None and not update_ratio <= self.max_update_ratio
+
+    def _lr_text(self) -> str:
+        lrs = sorted({group.get("lr") for group in self.param_groups}, key=str)
+        return f"lr={lrs[0] if len(lrs) == 1 else lrs}"
+
+    def _raise_divergence(self, run: StepRun, params_only: bool, update_ratio: float) -> None:
         restored = "the parameters and the base optimizer's state were restored to their values before this step"
         if params_only:
-            lrs = sorted({group.get("lr") for group in self.param_groups}, key=str)
             raise DivergenceError(
                 f"{run.where}: the base optimizer's step turned finite gradients into non-finite parameters "
-                f"(lr={lrs[0] if len(lrs) == 1 else lrs}); {restored}. Lower the learning rate (check what a scheduler sets)."
+                f"({self._lr_text()}); {restored}. Lower the learning rate (check what a scheduler sets)."
             )
         hint = f"{restored}; lower the learning rate or rho, check the data, or use a more stable loss"
         for what, value in run.checks:
             if not bool(torch.isfinite(value)):
                 raise DivergenceError(f"{what} in {run.where} is not finite ({float(value)}); {hint}")
+        if self._too_far(update_ratio):
+            raise DivergenceError(
+                f"{run.where}: the base optimizer's step moved the parameters {update_ratio:.3g} times their norm "
+                f"(bound: max_update_ratio={self.max_update_ratio:g}; {self._lr_text()}); {restored}. Lower the "
+                "learning rate (check what a scheduler sets), or raise max_update_ratio if such steps are intended."
+            )
         raise DivergenceError(f"a non-finite value appeared in {run.where}; {hint}")  # pragma: no cover
 
     # ------------------------------------------------------------------ small helpers
@@ -688,3 +711,11 @@ class OTMDR(TwoStepAPI, Optimizer):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return torch.tensor(float(value))
         raise TypeError(f"closure must return the loss as a scalar tensor or number, got {type(value).__name__}")
+
+
+def _update_ratio(params: list[Tensor], theta: list[Tensor], device: torch.device) -> Tensor:
+    """``||params - theta|| / max(||theta||, 1)`` over all parameters, a float32 scalar on ``device``."""
+    moved = torch._foreach_sub([p.detach() for p in params], theta)
+    moved_norm = torch.stack([n.to(device).float() for n in torch._foreach_norm(moved, 2, dtype=torch.float32)]).norm()
+    theta_norm = torch.stack([n.to(device).float() for n in torch._foreach_norm(theta, 2, dtype=torch.float32)]).norm()
+    return moved_norm / theta_norm.clamp_min(1.0)

@@ -35,7 +35,7 @@ class SAM(OTMDR):
         rho: the neighbourhood radius (the SAM paper's default 0.05; ASAM uses larger radii, e.g. 0.5-2).
         adaptive: ASAM geometry.
         adaptive_eta: ASAM's ``eta`` (0 as in the widely used implementation).
-        interval, sync_ascent, freeze_norm_stats: as in :class:`OTMDR`.
+        interval, sync_ascent, freeze_norm_stats, max_update_ratio: as in :class:`OTMDR`.
         **base_kwargs: passed to ``base_optimizer``.
 
     Example::
@@ -55,6 +55,7 @@ class SAM(OTMDR):
         interval: int = 1,
         sync_ascent: bool = True,
         freeze_norm_stats: bool | str = True,
+        max_update_ratio: float | None = 1e3,
         **base_kwargs: Any,
     ) -> None:
         super().__init__(
@@ -69,5 +70,6 @@ class SAM(OTMDR):
             interval=interval,
             sync_ascent=sync_ascent,
             freeze_norm_stats=freeze_norm_stats,
+            max_update_ratio=max_update_ratio,
             **base_kwargs,
         )
