@@ -12,7 +12,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from lightning_wass._validation import check_choice, check_fraction, check_int, check_positive
+from lightning_wass._validation import check_choice, check_fraction, check_int, check_positive, check_tensor
 from lightning_wass.ot import METHODS, _check_p, _reject_foreign_options, wasserstein_distance
 
 
@@ -103,15 +103,17 @@ class WassersteinDistance(Metric):
         self._warned_full = False
 
     def _prepare(self, name: str, value: object, stored: list[Tensor]) -> Tensor:
-        if not isinstance(value, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor of shape (N, ...) , got {type(value).__name__}")
+        # A batch of 0 samples is allowed (a process may see none); bool / complex samples are not.
+        value = check_tensor(name, value, shape="(N, ...)", allow_empty=True, finite=False)
         if value.dim() == 0:
             raise ValueError(f"{name} must have a batch dimension, got a 0-dim tensor")
         value = value.detach()
         value = value.unsqueeze(1) if value.dim() == 1 else value.flatten(1)
-        value = value.to(self.dtype)
-        if not bool(torch.isfinite(value).all()):
-            raise ValueError(f"{name} contains NaN or Inf; the Wasserstein distance needs finite samples")
+        if value.shape[1] == 0:
+            raise ValueError(f"{name} must have at least one feature a sample, got shape {tuple(value.shape)}")
+        value = check_tensor(
+            name, value.to(self.dtype), allow_empty=True, hint="the Wasserstein distance needs finite samples"
+        )
         width = self._width()
         if width is not None and value.shape[1] != width:
             raise ValueError(
@@ -220,16 +222,18 @@ def mode_coverage(
         centres, std = toy_modes("8gaussians")
         covered, within, counts = mode_coverage(model.sample(2000), centres, std)
     """
-    if not isinstance(samples, Tensor) or samples.dim() != 2 or samples.shape[0] < 1:
-        shape = tuple(samples.shape) if isinstance(samples, Tensor) else type(samples).__name__
-        raise ValueError(f"samples must be a tensor of shape (n, d) with n >= 1, got {shape}")
-    if not isinstance(modes, Tensor) or modes.dim() != 2 or modes.shape[0] < 1 or modes.shape[1] != samples.shape[1]:
-        shape = tuple(modes.shape) if isinstance(modes, Tensor) else type(modes).__name__
+    if not isinstance(samples, Tensor):
+        raise ValueError(f"samples must be a tensor of shape (n, d) with n >= 1, got {type(samples).__name__}")
+    # non-finite samples are allowed (they count as outside every mode); bool / complex are not
+    samples = check_tensor("samples", samples, shape="(n, d)", ndim=2, item="point (n >= 1, d >= 1)", finite=False)
+    if not isinstance(modes, Tensor):
+        raise ValueError(f"modes must be a tensor of shape (M, d) with M >= 1, got {type(modes).__name__}")
+    modes = check_tensor("modes", modes, shape="(M, d)", ndim=2, item="mode (M >= 1)", hint="modes must be finite")
+    if modes.shape[1] != samples.shape[1]:
         raise ValueError(
-            f"modes must be a tensor of shape (M, d) with M >= 1 and the samples' d = {samples.shape[1]}, got {shape}"
+            f"modes must be a tensor of shape (M, d) with M >= 1 and the samples' d = {samples.shape[1]}, "
+            f"got {tuple(modes.shape)}"
         )
-    if not bool(torch.isfinite(modes).all()):
-        raise ValueError("modes must be finite")
     std = check_positive("std", std)
     num_std = check_positive("num_std", num_std)
     count = modes.shape[0]

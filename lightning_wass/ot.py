@@ -30,7 +30,7 @@ import ot
 import torch
 from torch import Tensor
 
-from lightning_wass._validation import check_choice, check_int, check_positive
+from lightning_wass._validation import check_choice, check_int, check_positive, check_tensor
 
 METHODS: tuple[str, ...] = ("exact", "sliced", "sinkhorn")
 SINKHORN_METHODS: tuple[str, ...] = ("sinkhorn", "sinkhorn_log", "sinkhorn_stabilized")
@@ -66,26 +66,23 @@ def default_num_iter_max(n: int, m: int) -> int:
 
 # ----------------------------------------------------------------------------------- input checks
 def _as_points(name: str, value: object) -> Tensor:
-    """Return ``value`` as a floating ``(n, d)`` tensor; 1-D input is read as ``(n, 1)``."""
-    if not isinstance(value, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape (n, d) or (n,), got {type(value).__name__}")
+    """Return ``value`` as a floating ``(n, d)`` tensor (``n, d >= 1``); 1-D input is read as ``(n, 1)``.
+
+    Integer points are converted to the default float dtype; bool and complex tensors, empty or
+    non-finite point sets are refused (:func:`~lightning_wass._validation.check_tensor`).
+    """
+    value = check_tensor(
+        name, value, shape="(n, d) or (n,)", ndim=(1, 2), item="point (n >= 1, d >= 1)", finite=False
+    )
     if value.dim() == 1:
         value = value.unsqueeze(1)
-    if value.dim() != 2:
-        raise ValueError(f"{name} must have shape (n, d) or (n,), got shape {tuple(value.shape)}")
-    if value.shape[0] == 0:
-        raise ValueError(f"{name} must hold at least one point, got shape {tuple(value.shape)}")
-    if value.is_complex():
-        raise TypeError(f"{name} must be real, got dtype {value.dtype}")
     if not value.is_floating_point():
         value = value.to(torch.get_default_dtype())
     elif value.dtype in (torch.float16, torch.bfloat16):
         # POT has no half-precision backend (bf16 is refused, fp16 breaks its marginal checks):
         # half inputs (from a bf16-mixed or 16-mixed run) are solved in float32.
         value = value.float()
-    if not bool(torch.isfinite(value).all()):
-        raise ValueError(f"{name} contains NaN or Inf; the Wasserstein distance needs finite points")
-    return value
+    return check_tensor(name, value, hint="the Wasserstein distance needs finite points")
 
 
 def _points_pair(x: object, y: object) -> tuple[Tensor, Tensor]:
@@ -113,15 +110,12 @@ def _weights(name: str, value: object, n: int, like: Tensor) -> Tensor:
     """
     if value is None:
         return torch.full((n,), 1.0 / n, dtype=like.dtype, device=like.device)
-    if not isinstance(value, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape ({n},) or None, got {type(value).__name__}")
+    value = check_tensor(name, value, shape=f"({n},) or None", finite=False)
     if value.dim() != 1 or value.shape[0] != n:
         raise ValueError(f"{name} must have shape ({n},) (one weight a point), got shape {tuple(value.shape)}")
     if value.device != like.device:
         raise ValueError(f"{name} must be on the points' device {like.device}, got {value.device}")
-    value = value.to(like.dtype)
-    if not bool(torch.isfinite(value).all()):
-        raise ValueError(f"{name} contains NaN or Inf; weights must be finite and non-negative")
+    value = check_tensor(name, value.to(like.dtype), hint="weights must be finite and non-negative")
     if bool((value < 0).any()):
         raise ValueError(f"{name} must be non-negative, got a minimum of {float(value.min())}")
     total = value.sum()
@@ -142,9 +136,20 @@ def cost_matrix(x: Tensor, y: Tensor, p: float = 2) -> Tensor:
     """Ground cost ``C_ij = ||x_i - y_j||_2^p`` of shape ``(n, m)``, differentiable in ``x`` and ``y``.
 
     For ``p = 2`` it is ``|x_i|^2 + |y_j|^2 - 2 <x_i, y_j>`` in one ``addmm`` (clamped at 0, as
-    ``ot.dist`` does); otherwise ``torch.cdist(x, y) ** p``. Inputs are ``(n, d)`` and ``(m, d)``
-    tensors that are already checked (use :func:`wasserstein_distance` for checked entry).
+    ``ot.dist`` does); otherwise ``torch.cdist(x, y) ** p``. Inputs are floating ``(n, d)`` and
+    ``(m, d)`` tensors of one dtype; their type, shape and dtype are checked here (``TypeError`` /
+    ``ValueError`` naming ``x`` or ``y``), their values are not (no host sync: it runs in training
+    steps; use :func:`wasserstein_distance` or :func:`ot_plan` for fully checked entry).
     """
+    for name, value in (("x", x), ("y", y)):
+        check_tensor(name, value, shape="(n, d)", ndim=2, allow_integer=False, allow_empty=True, finite=False)
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(
+            f"x and y must have the same number of dimensions d; got x of shape {tuple(x.shape)} "
+            f"and y of shape {tuple(y.shape)}"
+        )
+    if x.dtype != y.dtype:
+        raise TypeError(f"x and y must have the same dtype, got {x.dtype} and {y.dtype}")
     if p == 2:
         x_sq = x.square().sum(1, keepdim=True)
         y_sq = y.square().sum(1).unsqueeze(0)
@@ -229,7 +234,9 @@ def wasserstein_distance(
         they require grad (POT's torch backend supplies the gradient of the optimal cost).
 
     Raises:
-        TypeError / ValueError: bad input, naming the argument.
+        TypeError / ValueError: bad input, naming the argument: not a tensor, a bool or complex
+            dtype (integer points and weights are converted to float), no point or no coordinate,
+            different ``d``, NaN / Inf, weights of the wrong shape, negative or summing to 0.
         OTConvergenceError: the exact solver hit ``num_iter_max``, or Sinkhorn did not reach
             ``stop_threshold`` in ``num_iter_max`` iterations or failed numerically.
     """
@@ -388,8 +395,7 @@ def barycentric_map(
     else:
         if a is not None or b is not None:
             raise ValueError("a and b are used only to compute the plan; pass either plan or a/b, not both")
-        if not isinstance(plan, Tensor):
-            raise TypeError(f"plan must be a torch.Tensor of shape (n, m) or None, got {type(plan).__name__}")
+        plan = check_tensor("plan", plan, shape="(n, m) or None", finite=False)
         if plan.shape != (x.shape[0], y.shape[0]):
             raise ValueError(
                 f"plan must have shape (n, m) = {(x.shape[0], y.shape[0])} for x {tuple(x.shape)} and "

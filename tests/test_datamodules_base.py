@@ -179,7 +179,7 @@ def test_non_finite_data_is_refused_before_training() -> None:
         TensorDataModule(x).setup()
     y = torch.randn(30)
     y[0] = float("inf")
-    with pytest.raises(ValueError, match="targets"):
+    with pytest.raises(ValueError, match="y contains NaN or Inf"):
         TensorDataModule(torch.randn(30, 2), y).setup()
     bad = torch.randn(30, 2)
     bad[0, 0] = float("inf")

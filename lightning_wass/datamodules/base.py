@@ -17,10 +17,19 @@ Split rules, the same for every subclass:
   float32 in ``[0, 1]`` (``x / 255``), so a 1,000-image subset of CIFAR-10 never holds the
   50,000-image pool as floats.
 
-The training sampler is a ``DistributedSampler`` built here from ``seed`` and the Trainer's world
-size and rank, so the sample order depends only on ``(seed, epoch)``: a run resumed from a
-checkpoint sees the same batches as an uninterrupted one, and a 2-process run sees the same global
-batches as a 1-process run with twice the batch size.
+The training sampler is a ``DistributedSampler`` (:class:`~lightning_wass.datamodules.sampler.TrainingSampler`)
+built here from ``seed`` and the Trainer's world size and rank, so the sample order depends only on
+``(seed, epoch)``: a run resumed from a checkpoint sees the same batches as an uninterrupted one,
+and a 2-process run sees the same global batches as a 1-process run with twice the batch size.
+When the world size ``W`` does not divide the training-set size ``N``, each rank still gets
+``ceil(N / W)`` rows an epoch: with ``return_index=True`` the ``W ceil(N / W) - N`` extra rows are
+marked as padding (``index == -1``, see :mod:`~lightning_wass.datamodules.batch`), otherwise they
+are repeats of real points and a ``UserWarning`` says how many.
+
+Empty data is refused, never trained on silently: ``setup`` raises ``ValueError`` when the splits
+leave no training point, or no validation / test point although ``val_fraction`` /
+``test_fraction`` asked for some; building the train loader raises when ``batch_size`` with
+``drop_last=True`` leaves no batch. Each message names the argument to change and the sizes.
 """
 
 from __future__ import annotations
@@ -29,10 +38,13 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
-from lightning_wass._validation import check_finite, check_fraction, check_int
+from lightning_wass._validation import check_fraction, check_int, check_tensor
+from lightning_wass.datamodules.batch import PADDING_INDEX
+from lightning_wass.datamodules.sampler import TrainingSampler, decode_padding
 
 SPLITS = ("train", "val", "test")
 
@@ -42,6 +54,12 @@ class TensorDictDataset(Dataset):
 
     ``__getitems__`` returns a whole batch at once (a dict of stacked tensors); the DataLoader's
     :func:`collate_batched` passes it through unchanged.
+
+    Batched reads (``__getitems__``, what the DataLoader calls) take the indices of
+    :class:`~lightning_wass.datamodules.sampler.TrainingSampler`: a negative entry is a padding
+    code, ``-(r + 1)`` yields row ``r``'s ``x`` (and ``y``) with ``index = -1`` (``PADDING_INDEX``).
+    A single read ``dataset[i]`` is plain Python indexing (``dataset[-1]`` is the last row, with
+    ``index = N - 1``; out of range raises ``IndexError``).
     """
 
     def __init__(self, x: Tensor, y: Tensor | None = None, *, return_index: bool = False) -> None:
@@ -55,15 +73,21 @@ class TensorDictDataset(Dataset):
         return len(self.x)
 
     def _item(self, index: Tensor | int) -> dict[str, Tensor]:
-        item = {"x": self.x[index]}
+        index = torch.as_tensor(index, dtype=torch.long)
+        rows, is_padding = decode_padding(index)
+        item = {"x": self.x[rows]}
         if self.y is not None:
-            item["y"] = self.y[index]
+            item["y"] = self.y[rows]
         if self.return_index:
-            item["index"] = torch.as_tensor(index, dtype=torch.long)
+            item["index"] = torch.where(is_padding, PADDING_INDEX, index)
         return item
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
-        return self._item(index)
+        n = len(self)
+        index = int(index)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} is out of range for a dataset of {n} samples")
+        return self._item(index % n)
 
     def __getitems__(self, indices: list[int]) -> dict[str, Tensor]:
         return self._item(torch.as_tensor(indices, dtype=torch.long))
@@ -192,6 +216,7 @@ class InMemoryDataModule(pl.LightningDataModule):
         self.return_index = bool(return_index)
         self.drop_last = bool(drop_last)
         self._splits: dict[str, tuple[Tensor, Tensor | None]] | None = None
+        self._warned_padding = False
 
     # ----------------------------------------------------------------- subclass hooks
     def load_pools(self) -> dict[str, tuple[Tensor, Tensor | None]]:
@@ -214,11 +239,7 @@ class InMemoryDataModule(pl.LightningDataModule):
         if unknown:
             raise ValueError(f"{type(self).__name__}.load_pools() returned unknown pools {unknown}; allowed: {SPLITS}")
         for split, (x, y) in pools.items():
-            if y is not None and len(y) != len(x):
-                raise ValueError(f"{self.name} {split} pool: x has {len(x)} samples but y has {len(y)}")
-            check_finite(f"{self.name} {split} features", x)
-            if y is not None:
-                check_finite(f"{self.name} {split} targets", y)
+            self.check_pool(split, x, y)
         generator = torch.Generator().manual_seed(self.seed)
         x, y = pools["train"]
         held_out = [split for split in ("test", "val") if split not in pools]
@@ -229,6 +250,7 @@ class InMemoryDataModule(pl.LightningDataModule):
         }
         for split, index in zip(held_out, held_indices):
             splits[split] = (x[index], None if y is None else y[index])
+        self._check_held_out(len(x), held_out, fractions, [len(i) for i in held_indices], len(kept))
         x, y = x[kept], (None if y is None else y[kept])
         if self.num_samples is not None:
             if is_class_labels(y):
@@ -243,6 +265,54 @@ class InMemoryDataModule(pl.LightningDataModule):
             x, y = x[keep], (None if y is None else y[keep])
         splits["train"] = (x, y)
         self._splits = {split: (to_float_features(x), y) for split, (x, y) in splits.items()}
+
+    def check_pool(self, split: str, x: Any, y: Any) -> None:
+        """Refuse a pool of :meth:`load_pools` that would train on nothing or on garbage.
+
+        ``ValueError`` / ``TypeError`` naming the pool: ``x`` / ``y`` not tensors, bool or complex
+        features or targets, ``x`` without a sample dimension, an empty train pool, ``x`` and ``y`` of
+        different lengths, NaN / Inf, negative class labels. Subclasses that read files check them
+        with the path first; this is the last line for every DataModule.
+        """
+        what = f"{self.name} {split} pool"
+        x = check_tensor(f"{what} features (x)", x, shape="(N, ...)", allow_empty=True, finite=False)
+        if x.ndim == 0:
+            raise ValueError(f"{what} features (x) must have a leading sample dimension, got a scalar")
+        if split == "train" and len(x) == 0:
+            raise ValueError(f"{what} is empty (0 samples): there is nothing to train on")
+        check_tensor(f"{what} features (x)", x, allow_empty=True, hint="clean the data first")
+        if y is None:
+            return
+        y = check_tensor(f"{what} targets (y)", y, shape="(N, ...)", allow_empty=True, finite=False)
+        if y.ndim == 0 or len(y) != len(x):
+            raise ValueError(f"{what}: x has {len(x)} samples but the targets y have shape {tuple(y.shape)}")
+        check_tensor(f"{what} targets (y)", y, allow_empty=True, hint="clean the data first")
+        if is_class_labels(y) and len(y) and int(y.min()) < 0:
+            raise ValueError(
+                f"{what} class labels (y) must be >= 0 (classes 0..C-1), got a minimum of {int(y.min())}"
+            )
+
+    def _check_held_out(
+        self, pool_size: int, held_out: list[str], fractions: tuple[float, ...], sizes: list[int], kept: int
+    ) -> None:
+        """``ValueError`` when the held-out splits leave no training point, or a held-out split that
+        its fraction asked for got none (stratified rounding of small classes)."""
+        taken = ", ".join(
+            f"{split}_fraction={f} holds out {k}" for split, f, k in zip(held_out, fractions, sizes) if f > 0
+        ) or "nothing is held out"
+        if kept == 0:
+            raise ValueError(
+                f"{type(self).__name__}: the {self.name} train pool has {pool_size} sample(s) and "
+                f"{taken}, leaving 0 to train on; lower val_fraction / test_fraction or give more data"
+            )
+        for split, fraction, size in zip(held_out, fractions, sizes):
+            if fraction > 0 and size == 0:
+                raise ValueError(
+                    f"{type(self).__name__}: {split}_fraction={fraction} of the {pool_size}-sample {self.name} "
+                    f"train pool gives 0 {split} samples (each class contributes round({split}_fraction x its "
+                    f"count)); raise {split}_fraction, give more data, or set {split}_fraction=0 for no "
+                    f"{split} split"
+                )
 
     def tensors(self, split: str = "train") -> tuple[Tensor, Tensor | None]:
         """The whole split as tensors ``(x, y)``; ``y`` is ``None`` for unlabelled data."""
@@ -288,9 +358,34 @@ class InMemoryDataModule(pl.LightningDataModule):
         if shuffle:
             trainer = getattr(self, "trainer", None)
             world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-            sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
+            sampler = TrainingSampler(
+                dataset, world, rank, shuffle=True, seed=self.seed, mark_padding=dataset.return_index
+            )
+            self._check_train_loader(len(dataset), world, sampler)
             return DataLoader(dataset, sampler=sampler, drop_last=self.drop_last, **kwargs)
         return DataLoader(dataset, shuffle=False, **kwargs)
+
+    def _check_train_loader(self, n: int, world: int, sampler: TrainingSampler) -> None:
+        """Refuse a train loader with no batch; warn (once, rank 0) about unmarked DDP repeats."""
+        per_rank = sampler.num_samples
+        where = f" ({per_rank} per process, {world} processes)" if world > 1 else ""
+        if n == 0:
+            raise ValueError(f"{type(self).__name__}: the train split is empty (0 samples): there is nothing to train on")
+        if self.drop_last and per_rank < self.batch_size:
+            raise ValueError(
+                f"{type(self).__name__}: batch_size={self.batch_size} with drop_last=True leaves no training "
+                f"batch: the train split has N={n} samples{where}; lower batch_size "
+                "or set drop_last=False"
+            )
+        if sampler.padding and not self.return_index and not self._warned_padding:
+            self._warned_padding = True
+            rank_zero_warn(
+                f"{type(self).__name__}: the world size {world} does not divide the {n} training samples, so "
+                f"each process gets {per_rank} and {sampler.padding} sample(s) an epoch are repeats of real "
+                "points (seen twice). return_index=True marks them (batch['index'] == -1, see "
+                "lightning_wass.datamodules.batch.padding_mask) so they can be dropped",
+                category=UserWarning,
+            )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -207,11 +207,24 @@ class _IDXImageDataModule(TorchvisionImageDataModule):
 
     def _read(self, images: str, labels: str) -> tuple[Tensor, Tensor]:
         _, folders = self.expected_files()
-        x = read_idx(find_file(images, folders))  # type: ignore[arg-type]
-        y = read_idx(find_file(labels, folders))  # type: ignore[arg-type]
-        if x.ndim != 3 or x.dtype != torch.uint8 or len(x) != len(y):
-            raise ValueError(f"{images}/{labels}: expected N x 28 x 28 uint8 images and N labels, got {tuple(x.shape)} and {tuple(y.shape)}")
-        return x.unsqueeze(1), y.long()
+        image_path, label_path = find_file(images, folders), find_file(labels, folders)
+        x = read_idx(image_path)  # type: ignore[arg-type]
+        y = read_idx(label_path)  # type: ignore[arg-type]
+        if x.ndim != 3 or x.dtype != torch.uint8 or y.ndim != 1 or len(x) != len(y):
+            raise ValueError(
+                f"{image_path} / {label_path}: expected N x H x W uint8 images and N labels, got "
+                f"{tuple(x.shape)} {x.dtype} and {tuple(y.shape)}"
+            )
+        if len(x) == 0:
+            raise ValueError(f"{image_path} holds no image (0 samples); replace it with the full file")
+        y = y.long()
+        classes = len(self.class_names)
+        if classes and (int(y.min()) < 0 or int(y.max()) >= classes):
+            raise ValueError(
+                f"{label_path}: labels must lie in 0..{classes - 1} ({self.torchvision_name} has {classes} "
+                f"classes), got {int(y.min())}..{int(y.max())}; the file is corrupt or of another data set"
+            )
+        return x.unsqueeze(1), y
 
     def read_pools(self) -> dict[str, tuple[Tensor, Tensor | None]]:
         test = self._read(*self.TEST_FILES)

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lightning_wass.datamodules.base import InMemoryDataModule
+from lightning_wass._validation import check_tensor
+from lightning_wass.datamodules.base import InMemoryDataModule, is_class_labels
 
 
 def as_tensor(name: str, value: Any) -> Tensor:
@@ -26,9 +27,8 @@ def as_tensor(name: str, value: Any) -> Tensor:
         tensor = tensor.float()
     if tensor.ndim == 0:
         raise ValueError(f"{name} must have a leading sample dimension, got a scalar")
-    if len(tensor) == 0:
-        raise ValueError(f"{name} must hold at least one sample, got shape {tuple(tensor.shape)}")
-    return tensor
+    # bool / complex data, no sample, NaN or Inf: refused here, naming the argument
+    return check_tensor(name, tensor, item="sample", hint="clean the data first")
 
 
 class TensorDataModule(InMemoryDataModule):
@@ -41,8 +41,12 @@ class TensorDataModule(InMemoryDataModule):
             held out as the test split (stratified by class for long labels ``y``).
         **kwargs: the common arguments of :class:`InMemoryDataModule` (``batch_size``,
             ``num_workers``, ``val_fraction``, ``test_fraction``, ``num_samples``, ``seed``,
-            ``return_index``, ``drop_last``). ``NaN``/``Inf`` in the data raise ``ValueError`` in
-            ``setup()``, before training.
+            ``return_index``, ``drop_last``).
+
+    Raises ``TypeError`` / ``ValueError`` naming the argument for data that would train on nothing
+    or on garbage: no sample, bool or complex values, ``NaN`` / ``Inf``, negative class labels,
+    lengths or target kinds that do not match; ``setup()`` also refuses splits that leave no
+    training point (see :class:`InMemoryDataModule`).
 
     Example::
 
@@ -76,6 +80,16 @@ class TensorDataModule(InMemoryDataModule):
             )
         if self.y_test is not None and self.x_test is not None and len(self.y_test) != len(self.x_test):
             raise ValueError(f"x_test and y_test must have the same number of samples, got {len(self.x_test)} and {len(self.y_test)}")
+        if self.y is not None and self.y_test is not None:
+            kind = lambda t: "float targets" if t.is_floating_point() else "integer class labels"  # noqa: E731
+            if kind(self.y) != kind(self.y_test) or self.y.shape[1:] != self.y_test.shape[1:]:
+                raise ValueError(
+                    f"y_test must be targets of y's kind and per-sample shape: y is {kind(self.y)} of shape "
+                    f"{tuple(self.y.shape)}, y_test {kind(self.y_test)} of shape {tuple(self.y_test.shape)}"
+                )
+        for name, labels in (("y", self.y), ("y_test", self.y_test)):
+            if labels is not None and is_class_labels(labels) and int(labels.min()) < 0:
+                raise ValueError(f"{name}: class labels must be >= 0 (classes 0..C-1), got a minimum of {int(labels.min())}")
 
     def load_pools(self) -> dict[str, tuple[Tensor, Tensor | None]]:
         pools: dict[str, tuple[Tensor, Tensor | None]] = {"train": (self.x, self.y)}
