@@ -346,21 +346,25 @@ def _is_local_path(path: Any) -> bool:
     return isinstance(path, (str, os.PathLike)) and "://" not in str(path)
 
 
-def check_ckpt_path(ckpt_path: Any, model: Any = None, *, weights_only: bool | None = None, allow_directory: bool = False) -> None:
+def check_ckpt_path(
+    ckpt_path: Any, expected: type | None = None, *, weights_only: bool | None = None, allow_directory: bool = False
+) -> bool:
     """Check a ``Trainer.fit/validate/test/predict(ckpt_path=...)`` file before Lightning reads it.
 
-    Skipped for ``None``, Lightning's keywords (``"last"``, ``"best"``, ``"hpc"``, ``"registry..."``),
-    URLs and, with ``allow_directory`` (sharded strategies such as FSDP or DeepSpeed), directories.
-    ``model``'s class is the expected one.
+    ``expected`` is the class of the module it must belong to (``type(model)``). Skipped for
+    ``None``, Lightning's keywords (``"last"``, ``"best"``, ``"hpc"``, ``"registry..."``), URLs and,
+    with ``allow_directory`` (sharded strategies such as FSDP or DeepSpeed), directories. Returns
+    whether the file was checked; a problem is a :class:`CheckpointError`.
     """
     if ckpt_path is None or not _is_local_path(ckpt_path):
-        return
+        return False
     text = str(ckpt_path)
     if text in RESUME_KEYWORDS or text.startswith("registry"):
-        return
+        return False
     if allow_directory and _as_path(text).is_dir():
-        return
-    read_checkpoint(text, None if model is None else type(model), weights_only=weights_only)
+        return False
+    read_checkpoint(text, expected, weights_only=weights_only)
+    return True
 
 
 # ----------------------------------------------------------------------------- the mixin

@@ -5,6 +5,10 @@
 chosen by class path (``--model lightning_wass.modules.VAE`` or, since the package is imported,
 the bare class name ``--model VAE``), and every constructor argument is a flag or a config key.
 ``lightning-wass demo [--out DIR]`` runs the newcomer's tour (:mod:`lightning_wass.demo`).
+
+``--ckpt_path`` is checked before Lightning reads it
+(:func:`~lightning_wass.checkpoints.check_ckpt_path`): an empty, truncated or foreign file, or
+another module's checkpoint, is a ``ValueError`` naming the path and what was expected.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -36,6 +41,62 @@ by class path; --print_config shows the resolved configuration).
 """
 
 
+class WassCLI(LightningCLI):
+    """Lightning's CLI, with ``--ckpt_path`` checked before anything reads it.
+
+    LightningCLI itself reads the checkpoint's hyperparameters into the model's config right after
+    parsing, so the file is checked there first (against the configured model class), and again
+    before the subcommand runs if the instantiated model's class differs or the strategy is known.
+    """
+
+    _checked_ckpt: tuple[str, type | None] | None = None
+
+    def _parse_ckpt_path(self) -> None:
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            config = self.config[subcommand]
+            ckpt_path = config.get("ckpt_path")
+            if ckpt_path is not None and not Path(str(ckpt_path)).is_dir():  # a directory: left to the strategy
+                self._check_ckpt_path(config, _configured_class(config.get("model")))
+        super()._parse_ckpt_path()
+
+    def _check_ckpt_path(self, config: Any, expected: type | None, allow_directory: bool = False) -> None:
+        """:func:`~lightning_wass.checkpoints.check_ckpt_path` on ``config.ckpt_path``, once per (path, class)."""
+        from lightning_wass.checkpoints import check_ckpt_path
+
+        key = (str(config.get("ckpt_path")), expected)
+        if key == self._checked_ckpt:
+            return
+        if check_ckpt_path(config.get("ckpt_path"), expected, weights_only=config.get("weights_only"), allow_directory=allow_directory):
+            self._checked_ckpt = key
+
+    def _before_subcommand(self) -> None:
+        from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+
+        sharded = isinstance(self.trainer.strategy, (DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy))
+        self._check_ckpt_path(self.config_init[self.subcommand], type(self.model), allow_directory=sharded)
+
+    def before_fit(self) -> None:
+        self._before_subcommand()
+
+    def before_validate(self) -> None:
+        self._before_subcommand()
+
+    def before_test(self) -> None:
+        self._before_subcommand()
+
+    def before_predict(self) -> None:
+        self._before_subcommand()
+
+
+def _configured_class(model: Any) -> type | None:
+    """The class a parsed ``model`` config names (``class_path``), if it is already imported."""
+    from lightning_wass.checkpoints import resolve_class
+
+    class_path = model.get("class_path") if hasattr(model, "get") else None
+    return resolve_class(class_path) if isinstance(class_path, str) else None
+
+
 def build_cli(args: Sequence[str] | None = None, *, run: bool = True, **kwargs: Any) -> LightningCLI:
     """Build Lightning's CLI over every LightningModule / LightningDataModule that is importable.
 
@@ -44,7 +105,7 @@ def build_cli(args: Sequence[str] | None = None, *, run: bool = True, **kwargs: 
     import lightning_wass  # noqa: F401  (registers our modules and DataModules for class-path lookup)
 
     kwargs.setdefault("save_config_kwargs", {"overwrite": True})
-    return LightningCLI(
+    return WassCLI(
         pl.LightningModule,
         pl.LightningDataModule,
         subclass_mode_model=True,

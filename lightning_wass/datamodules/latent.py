@@ -9,6 +9,9 @@ Encoding happens once: :meth:`LatentDataModule.prepare_data` (called by Lightnin
 only) encodes each split and saves it with ``torch.save`` under ``cache_dir``, in a file whose name
 hashes everything the latents depend on; :meth:`~LatentDataModule.setup` (every rank) loads them. A
 second run with the same data and the same encoder weights is a cache hit and encodes nothing.
+Cache files are written atomically (:func:`~lightning_wass.checkpoints.save_atomically`); one that
+is damaged anyway (empty, truncated, not a latent cache, the wrong number of codes) is encoded
+again, with a ``UserWarning`` naming the file and what was wrong.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_wass._validation import check_finite
+from lightning_wass.checkpoints import CheckpointError, read_torch_file, save_atomically
 from lightning_wass.datamodules.base import SPLITS, InMemoryDataModule
 from lightning_wass._validation import check_int
 
@@ -85,7 +90,8 @@ def load_vae(vae: Any) -> pl.LightningModule:
     """A VAE-like module from a module or a checkpoint path (loaded with ``VAE.load_from_checkpoint``).
 
     A VAE-like module has ``embed(x) -> z`` and ``decode(z) -> x`` (:class:`~lightning_wass.modules.VAE`
-    and its subclasses).
+    and its subclasses). A damaged checkpoint or another module's is a
+    :class:`~lightning_wass.checkpoints.CheckpointError` (a ``ValueError``) naming the path.
     """
     if isinstance(vae, (str, Path)):
         path = checkpoint_file(vae)
@@ -214,11 +220,36 @@ class LatentDataModule(InMemoryDataModule):
         x, y = self.images.tensors(split)
         z = self.encode(x)
         check_finite(f"latent codes of the {split} split (the VAE's encoder output)", z)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        torch.save({"z": z, "y": y, "split": split, "dataset": self.images.name}, tmp)
-        os.replace(tmp, path)  # atomic: a reader never sees a half-written file
+        # atomic: a reader never sees a half-written file, and an interrupted write leaves no temporary file
+        save_atomically({"z": z, "y": y, "split": split, "dataset": self.images.name}, path)
         self.encoded_splits.append(split)
+
+    def _read_split(self, split: str, path: Path) -> tuple[Tensor, Tensor | None]:
+        """The cached ``(z, y)`` of ``split``; ``CheckpointError`` naming ``path`` if the file is unusable."""
+        expected = f"the latent cache of the {split} split (a dict with 'z' and 'y')"
+        stored = read_torch_file(path, expected=expected, what="latent cache", weights_only=True)
+        n = len(self.images.tensors(split)[0])
+        if not isinstance(stored, dict) or not isinstance(stored.get("z"), Tensor) or "y" not in stored:
+            raise CheckpointError(f"latent cache {str(path)!r} holds no 'z' and 'y' tensors; expected {expected}")
+        z, y = stored["z"], stored["y"]
+        if z.ndim != 2 or len(z) != n or (y is not None and (not isinstance(y, Tensor) or len(y) != n)):
+            raise CheckpointError(
+                f"latent cache {str(path)!r} holds codes of shape {tuple(z.shape)} for a split of {n} images; "
+                f"expected {expected}, {n} rows"
+            )
+        return z, y
+
+    def _load_split(self, split: str) -> tuple[Tensor, Tensor | None]:
+        """Cached latents of ``split``, encoded now if missing or (with a ``UserWarning``) if the file is unusable."""
+        path = self.cache_path(split)
+        if not path.is_file():
+            self._encode_split(split, path)
+        try:
+            return self._read_split(split, path)
+        except CheckpointError as error:
+            warnings.warn(f"{error}; encoding the {split} split again", UserWarning, stacklevel=3)
+        self._encode_split(split, path)
+        return self._read_split(split, path)
 
     # ----------------------------------------------------------------- Lightning hooks
     def prepare_data(self) -> None:
@@ -233,14 +264,7 @@ class LatentDataModule(InMemoryDataModule):
         """Load the cached latents (encoding any split still missing, e.g. when used outside a Trainer)."""
         if self._splits is not None:
             return
-        splits: dict[str, tuple[Tensor, Tensor | None]] = {}
-        for split in SPLITS:
-            path = self.cache_path(split)
-            if not path.is_file():
-                self._encode_split(split, path)
-            stored = torch.load(path, map_location="cpu", weights_only=True)
-            splits[split] = (stored["z"], stored["y"])
-        self._splits = splits
+        self._splits = {split: self._load_split(split) for split in SPLITS}
 
     def load_pools(self) -> dict[str, tuple[Tensor, Tensor | None]]:
         raise NotImplementedError("LatentDataModule takes its splits from the image DataModule; use setup()")

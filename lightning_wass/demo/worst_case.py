@@ -15,6 +15,7 @@ Two runs of :class:`~lightning_wass.WorstCaseGenerator`:
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
 from lightning_wass.callbacks.gradient_norm_stopping import GradientNormStopping
+from lightning_wass.checkpoints import CheckpointError
 from lightning_wass.datamodules import DigitsDataModule, LatentDataModule, ToyDataModule
 from lightning_wass.demo.context import DemoContext, DemoSection
 from lightning_wass.modules.vae import VAE
@@ -186,12 +188,15 @@ class _AccuracyAt(Callback):
 
 
 def _vae(ctx: DemoContext, images: DigitsDataModule) -> VAE:
-    """The digits VAE of the "vae" demo part when it ran before, else a fresh one."""
+    """The digits VAE of the "vae" demo part when it ran before, else (or if its file is damaged) a fresh one."""
     from lightning_wass.demo.vae import checkpoint_path
 
     path = checkpoint_path(ctx)
     if path.is_file():
-        return VAE.load_from_checkpoint(str(path), map_location="cpu")
+        try:  # checked first (VAE.load_from_checkpoint): a damaged file is a CheckpointError naming it
+            return VAE.load_from_checkpoint(str(path), map_location="cpu")
+        except CheckpointError as error:
+            warnings.warn(f"{error}; training a fresh VAE for the worst-case demo instead", UserWarning, stacklevel=2)
     vae = VAE(data_shape=(1, 8, 8), latent_dim=LATENT_DIM, likelihood="gaussian")
     epochs = 1 if ctx.quick else 25
     pl.Trainer(max_epochs=epochs, limit_val_batches=0, **ctx.trainer_kwargs("worst_case_vae", enable_progress_bar=False)).fit(vae, images)
