@@ -91,8 +91,8 @@ def check_data_batch(who: str, x: Any, data_shape: Any, module: torch.nn.Module 
         raise TypeError(f"{who}: training batches must be float tensors, got {getattr(x, 'dtype', type(x).__name__)}")
     if data_shape is not None and tuple(x.shape[1:]) != tuple(data_shape):
         raise ValueError(
-            f"{who} was built for data_shape={list(data_shape)} but a training batch has samples of shape "
-            f"{list(x.shape[1:])}; give the DataModule's data_shape (or networks that match the data)"
+            f"{who} was built for data_shape={tuple(data_shape)} but a training batch has shape {tuple(x.shape)} "
+            f"(samples of shape {tuple(x.shape[1:])}); give the DataModule's data_shape (or networks that match the data)"
         )
     dtype = next((p.dtype for p in module.parameters()), x.dtype) if module is not None else x.dtype
     if x.dtype != dtype:
@@ -100,3 +100,44 @@ def check_data_batch(who: str, x: Any, data_shape: Any, module: torch.nn.Module 
             f"{who}: the training batch is {x.dtype} but the module's parameters are {dtype}; use "
             "Trainer(precision=...) to match them (e.g. '64-true' for float64 data) or convert the data"
         )
+
+
+def check_tensor(
+    name: str,
+    value: Any,
+    *,
+    shape: str | None = None,
+    ndim: int | tuple[int, ...] | None = None,
+    allow_integer: bool = True,
+    allow_empty: bool = False,
+    item: str = "value",
+    finite: bool = True,
+    hint: str = "",
+) -> torch.Tensor:
+    """Return ``value`` if it is a real-valued tensor fit for arithmetic; raise naming ``name`` otherwise.
+
+    ``TypeError``: not a ``torch.Tensor``; ``bool`` or complex dtype; an integer dtype unless
+    ``allow_integer``. ``ValueError``: ``value.ndim`` not in ``ndim`` (when given; ``shape``
+    describes the expected shape in the message, e.g. ``"(n, d)"``); no element (unless
+    ``allow_empty``; ``item`` names what one element is, e.g. ``"point"``); NaN or Inf (when
+    ``finite``, one host sync; ``hint`` is appended to that message).
+    """
+    expected = f" of shape {shape}" if shape else ""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor{expected}, got {type(value).__name__}")
+    if value.dtype == torch.bool:
+        raise TypeError(f"{name} must hold numbers, got a bool tensor (convert it with .float() or .long() if that is meant)")
+    if value.is_complex():
+        raise TypeError(f"{name} must be real, got dtype {value.dtype}")
+    if not allow_integer and not value.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
+    if ndim is not None and value.ndim not in ((ndim,) if isinstance(ndim, int) else tuple(ndim)):
+        raise ValueError(f"{name} must have shape {shape or f'with {ndim} dimensions'}, got shape {tuple(value.shape)}")
+    if not allow_empty and value.numel() == 0:
+        raise ValueError(f"{name} must hold at least one {item}, got shape {tuple(value.shape)}")
+    if finite and value.is_floating_point():
+        bad = ~torch.isfinite(value)
+        if bool(bad.any()):
+            message = f"{name} contains NaN or Inf ({int(bad.sum())} non-finite value(s))"
+            raise ValueError(f"{message}; {hint}" if hint else message)
+    return value

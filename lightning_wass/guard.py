@@ -17,8 +17,9 @@ A step runs inside ``with guard.step(where) as check:``. Inside it the module
   back in **one** host synchronisation.
 
 If a flag fails (at ``verify`` or at the end of the block), or any exception leaves the block,
-every registered optimizer's parameters and state, the named counters of the owner and the
-Trainer's optimizer-step counters (``global_step``) are restored; a failing flag raises :class:`DivergenceError` naming the quantity, the step and the
+every registered optimizer's parameters and state, the owner's floating buffers (BatchNorm
+statistics, spectral norm's vectors), its named counters and the Trainer's optimizer-step counters
+(``global_step``) are restored; a failing flag raises :class:`DivergenceError` naming the quantity, the step and the
 knob that flag names (the first failing flag in the order recorded: the cause comes before its
 effects). A value that is not finite because the *data* are not is reported as a ``ValueError``.
 
@@ -103,6 +104,12 @@ class StepCheck:
         self._owner = owner
         self._counters = {name: getattr(owner, name) for name in counters} if owner is not None else {}
         self._progress = [(p, p.state_dict()) for p in _step_progress(owner)]
+        # buffers a forward pass changes (BatchNorm statistics, spectral norm's power-iteration vectors)
+        self._module_buffers = [b for b in owner.buffers() if b.is_floating_point()] if isinstance(owner, torch.nn.Module) else []
+        if self._module_buffers:
+            kept = guard._buffers.setdefault("<module buffers>", _Buffers())
+            kept.params = copy_into(kept.params, [b.detach() for b in self._module_buffers])
+            self._module_buffers_before = kept.params
         self._device: torch.device | None = None
 
     # ------------------------------------------------------------------ recording
@@ -203,6 +210,9 @@ class StepCheck:
             with torch.no_grad():
                 torch._foreach_copy_([p.data for p in update.params], update.before)
             update.state.restore(update.optimizer)
+        if self._module_buffers:
+            with torch.no_grad():
+                torch._foreach_copy_(self._module_buffers, self._module_buffers_before)
         for name, value in self._counters.items():
             setattr(self._owner, name, value)
         for progress, state in self._progress:

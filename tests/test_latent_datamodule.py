@@ -11,7 +11,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from lightning_wass import DigitsDataModule, LatentDataModule, TensorDataModule, VAE
+from lightning_wass import DigitsDataModule, LatentDataModule, TensorDataModule, VAE, W2GradientFlow
 
 LATENT_DIM = 3
 SPLITS = ("train", "val", "test")
@@ -159,8 +159,8 @@ def test_vae_from_checkpoint_path_and_yaml(tmp_path):
     config.write_text(
         f"""
 model:
-  class_path: lightning_wass.modules.VAE
-  init_args: {{data_shape: [{LATENT_DIM}], latent_dim: 2, hidden: [16]}}
+  class_path: lightning_wass.modules.W2GradientFlow
+  init_args: {{data_shape: [{LATENT_DIM}], eval_samples: 64}}
 data:
   class_path: lightning_wass.datamodules.LatentDataModule
   init_args:
@@ -208,7 +208,7 @@ def test_ddp_encodes_once_on_rank_zero(tmp_path, monkeypatch):
     vae = EmbedLoggingVAE(data_shape=(1, 8, 8), latent_dim=LATENT_DIM, hidden=(16,))
     latents = LatentDataModule(DigitsDataModule(), vae, cache_dir=str(tmp_path / "cache"), batch_size=32,
                                encode_batch_size=4096)
-    model = VAE(data_shape=(LATENT_DIM,), latent_dim=2, hidden=(8,))
+    model = W2GradientFlow(data_shape=(LATENT_DIM,), eval_samples=64)  # latent codes are not in [0, 1]: no VAE
     trainer = quiet_trainer(devices=2, strategy="ddp_spawn", max_steps=2, limit_val_batches=1)
     trainer.fit(model, latents)
     lines = log.read_text().split()

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lightning_wass.checkpoints import CheckpointedModule
 from lightning_wass._validation import check_data_batch, check_int, raise_if_diverged
 from lightning_wass.datamodules.batch import unpack_batch
 from lightning_wass.guard import StepCheck, UpdateGuard, rms_ratio
@@ -234,7 +235,7 @@ def _mixed_seed(*parts: int) -> int:
 
 
 # ----------------------------------------------------------------------------- shared base class
-class LatentGenerativeModule(pl.LightningModule):
+class LatentGenerativeModule(CheckpointedModule, pl.LightningModule):
     """Base of latent-noise generators ``x = G(z)``, ``z ~ N(0, I_latent_dim)``.
 
     Subclasses set ``self.generator`` (an ``nn.Module`` mapping ``(n, latent_dim)`` to

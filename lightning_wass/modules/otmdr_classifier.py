@@ -38,7 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_wass._validation import check_choice, check_fraction, check_int, check_positive, raise_if_diverged
+from lightning_wass.checkpoints import CheckpointedModule
+from lightning_wass._validation import DivergenceError, check_choice, check_fraction, check_int, check_positive, raise_if_diverged
 from lightning_wass.datamodules import unpack_batch
 from lightning_wass.guard import guarded_optimizer_step
 from lightning_wass.modules.classifier_metrics import (
@@ -65,7 +66,7 @@ BASE_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
 SCHEDULERS = ("cosine", "plateau", "none")
 
 
-class OTMDRClassifier(pl.LightningModule):
+class OTMDRClassifier(CheckpointedModule, pl.LightningModule):
     """Classifier / ensemble / BNN trained with OT-MDR, SAM or the plain base optimizer.
 
     Args:
@@ -429,7 +430,10 @@ class OTMDRClassifier(pl.LightningModule):
         """``method="base"``: Lightning's step, undone and reported when its result diverges
         (:mod:`lightning_wass.guard`); OTMDR and SAM check and undo their own steps."""
         if self.method != "base":
-            optimizer.step(closure=optimizer_closure)
+            try:
+                optimizer.step(closure=optimizer_closure)
+            except DivergenceError as error:  # name the module too: the optimizer only knows its own step
+                raise DivergenceError(f"{type(self).__name__} (global step {self.global_step}): {error}") from error
             return
         guarded_optimizer_step(
             self, optimizer, optimizer_closure, name="network", hint=f"lower lr (now {self.hparams.lr:g}; check what the scheduler sets)",

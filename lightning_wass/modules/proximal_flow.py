@@ -83,6 +83,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lightning_wass.checkpoints import CheckpointedModule
 from lightning_wass._validation import check_choice, check_data_batch, check_int, check_positive, raise_if_diverged
 from lightning_wass.datamodules.batch import unpack_batch
 from lightning_wass.guard import StepCheck, UpdateGuard, rms_ratio
@@ -157,7 +158,7 @@ def _derived_generator(device: torch.device, *keys: int) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
 
 
-class W1W2ProximalFlow(pl.LightningModule):
+class W1W2ProximalFlow(CheckpointedModule, pl.LightningModule):
     """Potential-driven generative flow with W1 and W2 proximals (arXiv:2407.11901).
 
     Args:

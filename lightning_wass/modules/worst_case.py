@@ -27,6 +27,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
+from lightning_wass.checkpoints import CheckpointedModule
 from lightning_wass._validation import (
     check_fraction,
     check_int,
@@ -50,7 +51,7 @@ from lightning_wass.wdro import (
 SUPPORTED_PRECISIONS = ("32-true", "32", "64-true", "64", "bf16-mixed")
 
 
-class WorstCaseGenerator(pl.LightningModule):
+class WorstCaseGenerator(CheckpointedModule, pl.LightningModule):
     """Worst-case samples of Wasserstein DRO for a model, by particle gradient descent-ascent.
 
     Args:
