@@ -1,5 +1,6 @@
-"""DDP: 2 processes x batch b give the same particles and model as 1 process x batch 2b, and
-GradientNormStopping stops both processes at the same iteration."""
+"""DDP: 2 processes x batch b give the same particles and model as 1 process x batch 2b, also when
+the world size does not divide the data set (the padding row is dropped: no particle is updated
+twice an epoch), and GradientNormStopping stops both processes at the same iteration."""
 
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ from torch import nn
 from lightning_wass import GradientNormStopping, TensorDataModule, WorstCaseGenerator
 
 
-def _run(devices: int, batch_size: int, root: Path) -> tuple[WorstCaseGenerator, GradientNormStopping]:
+def _run(devices: int, batch_size: int, root: Path, n: int = 64, max_steps: int = 20, stop: bool = True) -> tuple[WorstCaseGenerator, GradientNormStopping]:
     pl.seed_everything(0, verbose=False)
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(64, 3, generator=g)
-    y = x @ torch.tensor([0.5, -0.3, 0.2]) + 0.1 * torch.randn(64, generator=g)
+    x = torch.randn(n, 3, generator=g)
+    y = x @ torch.tensor([0.5, -0.3, 0.2]) + 0.1 * torch.randn(n, generator=g)
     dm = TensorDataModule(x, y, x_test=x[:8], y_test=y[:8], val_fraction=0.0, batch_size=batch_size, return_index=True)
     torch.manual_seed(1)
     model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
@@ -31,13 +32,13 @@ def _run(devices: int, batch_size: int, root: Path) -> tuple[WorstCaseGenerator,
         devices=devices,
         strategy="ddp_spawn" if devices > 1 else "auto",
         precision="64-true",
-        max_steps=20,  # 2 iterations per epoch
+        max_steps=max_steps,  # n = 64: 2 iterations per epoch
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         limit_val_batches=0,
         default_root_dir=root,
-        callbacks=[stopping, ModelCheckpoint(dirpath=root / "ckpt", save_last=True)],
+        callbacks=[stopping] * stop + [ModelCheckpoint(dirpath=root / "ckpt", save_last=True)],
     )
     trainer.fit(module, dm)
     return module, stopping
@@ -74,3 +75,25 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path: Pa
     assert [h["iteration"] for h in double.gradient_norm_history] == [3.0, 6.0]
     for h, k in zip(double.gradient_norm_history, single.gradient_norm_history):
         assert h["gn_T"] == pytest.approx(k["gn_T"], rel=1e-9) and h["gn_theta"] == pytest.approx(k["gn_theta"], rel=1e-9)
+
+
+@pytest.mark.ddp
+def test_a_data_set_size_not_divisible_by_the_world_size_updates_each_particle_once(tmp_path: Path) -> None:
+    """n = 201 on 2 processes: each rank gets 101 rows an epoch, one of them a padding copy of a
+    real point. Dropped, the run equals one process over the same global batches (2 epochs of 7
+    iterations: 32 x 6 + 9 points in one process, 16 x 6 + 5 per rank with one padding row)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single, _ = _run(1, 32, tmp_path / "one", n=201, max_steps=14, stop=False)
+        _run(2, 16, tmp_path / "two", n=201, max_steps=14, stop=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert single.iteration == 14
+    state = torch.load(tmp_path / "two" / "ckpt" / "last.ckpt", weights_only=False)["state_dict"]
+    assert state["particle_table._extra_state"]["samples"].shape == (201, 3)
+    torch.testing.assert_close(state["particle_table._extra_state"]["samples"], single.particle_table.samples, rtol=0, atol=1e-10)
+    torch.testing.assert_close(state["particle_table._extra_state"]["momentum"], single.particle_table.momentum, rtol=0, atol=1e-10)
+    reference = single.state_dict()
+    for key in (k for k in reference if not k.endswith("_extra_state")):
+        torch.testing.assert_close(state[key], reference[key], rtol=0, atol=1e-10)

@@ -347,10 +347,12 @@ class WorstCaseGenerator(CheckpointedModule, pl.LightningModule):
             if table.targets is not None and self.conditional_transport:
                 my = table.targets[match_rows]
             matching = self.matching_losses(mx, mv, my).sum() * (world / match_total)
-            model_loss = losses.mean() if padding is None else torch.where(padding, 0.0, losses).sum() / m
+            # with padding rows: the mean over the global batch's real rows once DDP averages the ranks' gradients
+            per_sample = m if padding is None else real.sum() / world  # d model_loss / d loss_i = 1 / per_sample
+            model_loss = losses.mean() if padding is None else torch.where(padding, 0.0, losses).sum() / per_sample
             self.manual_backward(model_loss + matching)
 
-            grad_v = torch.zeros_like(v_old) if v.grad is None else v.grad * m
+            grad_v = torch.zeros_like(v_old) if v.grad is None else v.grad * per_sample
             direction = ascent_direction(grad_v, v_old, x, self.hparams.gamma)
             v_new, g_new = heavy_ball_ascent(v_old, g_old, direction, self.hparams.particle_lr, self.hparams.particle_momentum)
 
