@@ -4,6 +4,7 @@ The public API is listed in ``__all__``; each name is documented where it is def
 """
 
 from lightning_wass._validation import DivergenceError
+from lightning_wass.checkpoints import CheckpointError, read_checkpoint
 from lightning_wass.callbacks.gradient_norm_stopping import GradientNormStopping
 from lightning_wass.callbacks.hj_residual_stopping import HJResidualStopping
 from lightning_wass.callbacks.sample_figure import SampleFigure
@@ -73,5 +74,7 @@ __all__ = [
     "wasserstein_distance",
     # errors
     "DivergenceError",
+    "CheckpointError",
+    "read_checkpoint",
     "__version__",
 ]

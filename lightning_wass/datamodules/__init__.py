@@ -4,7 +4,8 @@ Every DataModule yields dict batches ``{"x", "y"?, "index"?}`` (see :mod:`.batch
 """
 
 from lightning_wass.datamodules.base import InMemoryDataModule, TensorDictDataset
-from lightning_wass.datamodules.batch import Batch, require_index, unpack_batch
+from lightning_wass.datamodules.batch import PADDING_INDEX, Batch, padding_mask, require_index, unpack_batch
+from lightning_wass.datamodules.sampler import TrainingSampler
 from lightning_wass.datamodules.tensor import TensorDataModule
 from lightning_wass.datamodules.digits import DigitsDataModule
 from lightning_wass.datamodules.latent import LatentDataModule
@@ -46,4 +47,7 @@ __all__ = [
     "TensorDictDataset",
     "require_index",
     "unpack_batch",
+    "PADDING_INDEX",
+    "padding_mask",
+    "TrainingSampler",
 ]
