@@ -85,15 +85,20 @@ def _as_points(name: str, value: object) -> Tensor:
     return check_tensor(name, value, hint="the Wasserstein distance needs finite points")
 
 
-def _points_pair(x: object, y: object) -> tuple[Tensor, Tensor]:
-    """Check ``x`` and ``y`` and bring them to one dtype; they must share ``d`` and the device."""
-    x = _as_points("x", x)
-    y = _as_points("y", y)
+def _check_same_dimension(x: Tensor, y: Tensor) -> None:
+    """``x`` (n, d) and ``y`` (m, d) must share ``d``."""
     if x.shape[1] != y.shape[1]:
         raise ValueError(
             f"x and y must have the same number of dimensions d; got x of shape {tuple(x.shape)} "
             f"and y of shape {tuple(y.shape)}"
         )
+
+
+def _points_pair(x: object, y: object) -> tuple[Tensor, Tensor]:
+    """Check ``x`` and ``y`` and bring them to one dtype; they must share ``d`` and the device."""
+    x = _as_points("x", x)
+    y = _as_points("y", y)
+    _check_same_dimension(x, y)
     if x.device != y.device:
         raise ValueError(f"x and y must be on the same device; got x on {x.device} and y on {y.device}")
     if x.dtype != y.dtype:
@@ -143,11 +148,7 @@ def cost_matrix(x: Tensor, y: Tensor, p: float = 2) -> Tensor:
     """
     for name, value in (("x", x), ("y", y)):
         check_tensor(name, value, shape="(n, d)", ndim=2, allow_integer=False, allow_empty=True, finite=False)
-    if x.shape[1] != y.shape[1]:
-        raise ValueError(
-            f"x and y must have the same number of dimensions d; got x of shape {tuple(x.shape)} "
-            f"and y of shape {tuple(y.shape)}"
-        )
+    _check_same_dimension(x, y)
     if x.dtype != y.dtype:
         raise TypeError(f"x and y must have the same dtype, got {x.dtype} and {y.dtype}")
     if p == 2:

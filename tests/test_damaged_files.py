@@ -45,14 +45,6 @@ from trainers import quiet_trainer
 SPLITS = ("train", "val", "test")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ----------------------------------------------------------------------------- tiny modules and data
 def _images(n: int = 64) -> TensorDataModule:
     g = torch.Generator().manual_seed(0)
