@@ -115,8 +115,10 @@ def test_cifar_config_trains_two_batches_on_files_in_the_real_format(config_path
     from test_datamodules_images import write_fake_cifar
 
     config = yaml.safe_load(config_path.read_text())
+    val_fraction = 0.1
     if "CIFAR100" in config["data"]["class_path"]:
         write_fake_cifar100(tmp_path, n_train=400, n_test=50)
+        val_fraction = 0.25  # 4 images a class: 0.1 would leave no validation image (refused since issue 12)
     else:
         write_fake_cifar(tmp_path, n_train_batch=20, n_test=20)
     monkeypatch.setattr(cifar.CIFAR10, "_check_integrity", lambda self: True)  # fake files fail the MD5 sums
@@ -125,7 +127,7 @@ def test_cifar_config_trains_two_batches_on_files_in_the_real_format(config_path
     overrides = SMALL_NETWORK.get(network.get("class_path") if isinstance(network, dict) else None, [])
     monkeypatch.chdir(tmp_path)
     cli = build_cli(["--config", str(config_path), f"--data.init_args.data_dir={tmp_path}", "--data.init_args.batch_size=8",
-                     "--data.init_args.val_fraction=0.1", f"--trainer.default_root_dir={tmp_path}", "--trainer.accelerator=cpu",
+                     f"--data.init_args.val_fraction={val_fraction}", f"--trainer.default_root_dir={tmp_path}", "--trainer.accelerator=cpu",
                      "--trainer.devices=1", "--trainer.fast_dev_run=2", "--trainer.precision=32-true",
                      "--trainer.enable_progress_bar=false", *overrides], run=False)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
