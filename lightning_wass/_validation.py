@@ -7,7 +7,9 @@ allowed, so that bad input fails at construction time and never deep inside torc
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+import os
+import operator
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -141,3 +143,79 @@ def check_tensor(
             message = f"{name} contains NaN or Inf ({int(bad.sum())} non-finite value(s))"
             raise ValueError(f"{message}; {hint}" if hint else message)
     return value
+
+
+def check_shape(name: str, value: Any, *, allow_empty: bool = False) -> tuple[int, ...]:
+    """Return ``value`` as a tuple of ints ``>= 1`` (a shape, or layer widths with ``allow_empty``).
+
+    ``TypeError``: not a sequence (a string, a number, a tensor), or an entry that is not an integer
+    (a float, a bool, a string; numpy and 0-dim integer tensor entries are integers). ``ValueError``:
+    an entry ``< 1``, or no entry unless ``allow_empty``.
+    """
+    if isinstance(value, (str, bytes, torch.Tensor)) or not isinstance(value, Sequence):
+        raise TypeError(f"{name} must be a sequence of positive ints (e.g. [2] or [1, 28, 28]), got {type(value).__name__} ({value!r})")
+    entries: list[int] = []
+    for i, entry in enumerate(value):
+        if isinstance(entry, bool) or (isinstance(entry, torch.Tensor) and entry.dtype == torch.bool):
+            raise TypeError(f"{name} must hold ints, got {list(value)!r} (entry {i} is a bool)")
+        try:
+            entries.append(operator.index(entry))
+        except TypeError:
+            raise TypeError(f"{name} must hold ints, got {list(value)!r} (entry {i} is {type(entry).__name__})") from None
+    if not entries and not allow_empty:
+        raise ValueError(f"{name} must have at least one entry, got {list(value)!r}")
+    if any(e < 1 for e in entries):
+        raise ValueError(f"{name} entries must be >= 1, got {entries!r}")
+    return tuple(entries)
+
+
+def check_number(name: str, value: Any) -> float:
+    """Return ``float(value)`` if it is a finite real number (any sign); ``TypeError`` for a bool or a
+    non-number, ``ValueError`` for NaN or Inf."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} ({value!r})")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def check_betas(name: str, value: Any) -> tuple[float, float]:
+    """Return Adam's ``(beta1, beta2)`` as floats, each in ``[0, 1)``."""
+    if isinstance(value, (str, bytes, torch.Tensor)) or not isinstance(value, Sequence) or len(value) != 2:
+        raise ValueError(f"{name} must be a pair (beta1, beta2) of numbers in [0, 1), got {value!r}")
+    for beta in value:
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)):
+            raise TypeError(f"{name} must be a pair of numbers in [0, 1), got {value!r} (a {type(beta).__name__})")
+        if not (math.isfinite(beta) and 0 <= beta < 1):
+            raise ValueError(f"{name} must lie in [0, 1), got {value!r}")
+    return (float(value[0]), float(value[1]))
+
+
+def check_module(name: str, value: Any, *, optional: bool = False) -> Any:
+    """Return ``value`` if it is a ``torch.nn.Module`` (or ``None`` with ``optional``); else ``TypeError``."""
+    if (value is None and optional) or isinstance(value, torch.nn.Module):
+        return value
+    allowed = "a torch.nn.Module or None" if optional else "a torch.nn.Module"
+    raise TypeError(f"{name} must be {allowed}, got {type(value).__name__}")
+
+
+def check_callable(name: str, value: Any) -> Any:
+    """Return ``value`` if it can be called (a network or a function); else ``TypeError``."""
+    if not callable(value):
+        raise TypeError(f"{name} must be callable (a network or a function), got {type(value).__name__} ({value!r})")
+    return value
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """Return ``value`` if it is a ``bool`` (``True`` / ``False``); else ``TypeError``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} ({value!r})")
+    return value
+
+
+def check_path(name: str, value: Any, *, optional: bool = False) -> Any:
+    """Return ``value`` if it is a path (``str`` or ``os.PathLike``; ``None`` with ``optional``); else ``TypeError``."""
+    if (value is None and optional) or isinstance(value, (str, os.PathLike)):
+        return value
+    allowed = "a path (str or os.PathLike) or None" if optional else "a path (str or os.PathLike)"
+    raise TypeError(f"{name} must be {allowed}, got {type(value).__name__} ({value!r})")

@@ -40,6 +40,8 @@ from typing import IO, Any
 import torch
 from lightning.pytorch.utilities.model_helpers import _restricted_classmethod
 
+from lightning_wass._validation import check_path
+
 MODULE_KEY = "lightning_wass_module"
 """Checkpoint key holding the class path (``module.QualName``) of the module that wrote it."""
 
@@ -333,6 +335,9 @@ def read_checkpoint(
     files), so the check costs little more than the CRC pass of ``verify``. ``weights_only`` as in
     Lightning's loader (``None``: torch's default, ``True``).
     """
+    check_path("path", path)
+    if expected is not None and not isinstance(expected, type):
+        raise TypeError(f"expected must be a LightningModule class or None, got {type(expected).__name__} ({expected!r})")
     checkpoint = read_torch_file(
         path, expected=describe_expected(expected), weights_only=weights_only, verify=verify, mmap=True
     )

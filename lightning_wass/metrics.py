@@ -13,7 +13,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from lightning_wass._validation import check_choice, check_fraction, check_int, check_positive, check_tensor
-from lightning_wass.ot import METHODS, _check_p, _reject_foreign_options, wasserstein_distance
+from lightning_wass.ot import METHODS, check_ot_options, check_p, wasserstein_distance
 
 
 class WassersteinDistance(Metric):
@@ -82,12 +82,12 @@ class WassersteinDistance(Metric):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.p = _check_p(p)
+        self.p = check_p(p)
         self.method = check_choice("method", method, METHODS)
         self.max_samples = None if max_samples is None else check_int("max_samples", max_samples, minimum=1)
         if method == "sliced" and seed is None:
             seed = 0  # every process must draw the same directions
-        _reject_foreign_options(method, num_projections, reg, num_iter_max, stop_threshold, sinkhorn_method, seed)
+        check_ot_options(method, num_projections, reg, num_iter_max, stop_threshold, sinkhorn_method, seed)
         self.options = {
             "num_projections": num_projections,
             "reg": reg,

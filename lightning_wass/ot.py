@@ -47,6 +47,8 @@ __all__ = [
     "barycentric_map",
     "cost_matrix",
     "default_num_iter_max",
+    "check_ot_options",
+    "check_p",
     "ot_plan",
     "wasserstein_distance",
 ]
@@ -61,6 +63,8 @@ class OTConvergenceError(RuntimeError):
 
 def default_num_iter_max(n: int, m: int) -> int:
     """Iteration cap of the exact solver for an ``n x m`` problem: ``max(10^6, 50 n m)``."""
+    check_int("n", n, minimum=1)
+    check_int("m", m, minimum=1)
     return max(_MIN_EXACT_ITERATIONS, _EXACT_ITERATIONS_PER_ENTRY * n * m)
 
 
@@ -129,7 +133,8 @@ def _weights(name: str, value: object, n: int, like: Tensor) -> Tensor:
     return value / total
 
 
-def _check_p(p: object) -> float:
+def check_p(p: object) -> float:
+    """The order ``p`` of ``W_p``: a finite number ``>= 1``."""
     p = check_positive("p", p)
     if p < 1:
         raise ValueError(f"p must be >= 1 (W_p is a distance only for p >= 1), got {p}")
@@ -151,6 +156,7 @@ def cost_matrix(x: Tensor, y: Tensor, p: float = 2) -> Tensor:
     _check_same_dimension(x, y)
     if x.dtype != y.dtype:
         raise TypeError(f"x and y must have the same dtype, got {x.dtype} and {y.dtype}")
+    p = check_positive("p", p)
     if p == 2:
         x_sq = x.square().sum(1, keepdim=True)
         y_sq = y.square().sum(1).unsqueeze(0)
@@ -242,10 +248,10 @@ def wasserstein_distance(
             ``stop_threshold`` in ``num_iter_max`` iterations or failed numerically.
     """
     method = check_choice("method", method, METHODS)
-    p = _check_p(p)
+    p = check_p(p)
     x, y = _points_pair(x, y)
     n, m = x.shape[0], y.shape[0]
-    _reject_foreign_options(method, num_projections, reg, num_iter_max, stop_threshold, sinkhorn_method, seed)
+    check_ot_options(method, num_projections, reg, num_iter_max, stop_threshold, sinkhorn_method, seed)
 
     if method == "sliced":
         return _sliced(x, y, p, a, b, num_projections, seed)
@@ -253,8 +259,6 @@ def wasserstein_distance(
     a_w = _weights("a", a, n, x)
     b_w = _weights("b", b, m, y)
     if method == "exact":
-        if num_iter_max is not None:
-            check_int("num_iter_max", num_iter_max, minimum=1)
         if x.shape[1] == 1:
             # (n, 1) columns: POT's batched 1-D path (1-D tensors trigger a torch deprecation in POT).
             cost = ot.wasserstein_1d(x, y, a_w, b_w, p=p)[0]
@@ -264,16 +268,20 @@ def wasserstein_distance(
     return _sinkhorn(x, y, p, a_w, b_w, reg, num_iter_max, stop_threshold, sinkhorn_method)
 
 
-def _reject_foreign_options(
+def check_ot_options(
     method: str,
-    num_projections: int | None,
-    reg: float | None,
-    num_iter_max: int | None,
-    stop_threshold: float | None,
-    sinkhorn_method: str | None,
-    seed: int | None,
+    num_projections: int | None = None,
+    reg: float | None = None,
+    num_iter_max: int | None = None,
+    stop_threshold: float | None = None,
+    sinkhorn_method: str | None = None,
+    seed: int | None = None,
 ) -> None:
-    """Raise ``ValueError`` for an option given to a method that does not use it."""
+    """Check the solver options of :func:`wasserstein_distance` (and the metric built on it).
+
+    ``ValueError`` for an option given to a method that does not use it; ``TypeError`` /
+    ``ValueError`` naming the option for a bad value (``None`` is each option's default).
+    """
     owners = {
         "num_projections": (num_projections, ("sliced",)),
         "seed": (seed, ("sliced",)),
@@ -286,6 +294,16 @@ def _reject_foreign_options(
         if value is not None and method not in methods:
             allowed = " or ".join(repr(m) for m in methods)
             raise ValueError(f"{name} applies only to method={allowed}; got method={method!r}")
+    for name, value in (("num_projections", num_projections), ("num_iter_max", num_iter_max)):
+        if value is not None:
+            check_int(name, value, minimum=1)
+    for name, value in (("reg", reg), ("stop_threshold", stop_threshold)):
+        if value is not None:
+            check_positive(name, value)
+    if sinkhorn_method is not None:
+        check_choice("sinkhorn_method", sinkhorn_method, SINKHORN_METHODS)
+    if seed is not None:
+        check_int("seed", seed)
 
 
 def _sliced(
@@ -364,7 +382,7 @@ def ot_plan(
     ``torch.no_grad`` and returned detached, in the dtype and on the device of ``x``.
     Raises :class:`OTConvergenceError` if the solver hits ``num_iter_max``.
     """
-    p = _check_p(p)
+    p = check_p(p)
     x, y = _points_pair(x, y)
     if num_iter_max is not None:
         check_int("num_iter_max", num_iter_max, minimum=1)

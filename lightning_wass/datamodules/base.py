@@ -63,6 +63,9 @@ class TensorDictDataset(Dataset):
     """
 
     def __init__(self, x: Tensor, y: Tensor | None = None, *, return_index: bool = False) -> None:
+        for name, value in (("x", x), ("y", y)):
+            if value is not None and not isinstance(value, Tensor):
+                raise TypeError(f"{name} must be a tensor (one row a sample), got {type(value).__name__} ({value!r})")
         if y is not None and len(y) != len(x):
             raise ValueError(f"x and y must have the same length, got {len(x)} and {len(y)}")
         self.x = x

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_wass._validation import check_int
+from lightning_wass._validation import check_fraction, check_int
 from lightning_wass.datamodules import augment
 from lightning_wass.datamodules.base import InMemoryDataModule
 from lightning_wass.datamodules.idx import find_file, read_idx
@@ -174,6 +174,7 @@ class _IDXImageDataModule(TorchvisionImageDataModule):
         return_index: bool = False,
         drop_last: bool = False,
     ) -> None:
+        check_fraction("test_fraction", test_fraction)  # refused when bad even where it is unused
         # The parent's __init__ is skipped on purpose: it has no test_fraction (CIFAR-10 and full
         # MNIST have an official test split), which test_set_only needs.
         InMemoryDataModule.__init__(

@@ -29,10 +29,9 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
-from lightning_wass._validation import check_finite
+from lightning_wass._validation import check_finite, check_int, check_path
 from lightning_wass.checkpoints import CheckpointError, read_torch_file, save_atomically
 from lightning_wass.datamodules.base import SPLITS, InMemoryDataModule
-from lightning_wass._validation import check_int
 
 CACHE_FORMAT = 1
 
@@ -167,6 +166,7 @@ class LatentDataModule(InMemoryDataModule):
             self._vae_path: Path | None = checkpoint_file(vae)
         else:
             self._vae, self._vae_path = load_vae(vae), None
+        check_path("cache_dir", cache_dir, optional=True)
         self.cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()
         self.encode_batch_size = check_int("encode_batch_size", encode_batch_size, minimum=1)
         self.name = f"latent-{images.name}"

@@ -24,6 +24,8 @@ from collections.abc import Iterator, Sized
 import torch
 from torch.utils.data import DistributedSampler
 
+from lightning_wass._validation import check_int
+
 
 def padding_code(row: int) -> int:
     """The sampler's code of a padding copy of row ``row``: ``-(row + 1)`` (negative)."""
@@ -64,6 +66,11 @@ class TrainingSampler(DistributedSampler):
         seed: int = 0,
         mark_padding: bool = False,
     ) -> None:
+        if not isinstance(dataset, Sized):
+            raise TypeError(f"dataset must have a length (a Dataset or a sequence), got {type(dataset).__name__}")
+        check_int("num_replicas", num_replicas, minimum=1)
+        check_int("rank", rank, minimum=0, maximum=num_replicas - 1)
+        check_int("seed", seed)
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)  # type: ignore[arg-type]
         self.mark_padding = bool(mark_padding)
 

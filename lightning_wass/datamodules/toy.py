@@ -80,7 +80,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lightning_wass._validation import check_choice, check_int, check_positive
+from lightning_wass._validation import check_bool, check_choice, check_int, check_positive
 from lightning_wass.datamodules.base import SPLITS, InMemoryDataModule
 
 TOY_NAMES = (
@@ -149,7 +149,7 @@ def toy_embedding(name: str, *, rotate: bool = False) -> Tensor:
         raise ValueError("name must be a 2-D or embedded toy set for toy_embedding; 'regression' has no embedding")
     if name not in _EMBEDDED:
         return torch.eye(2)
-    return _embedding64(_EMBEDDED[name][1], bool(rotate)).float()
+    return _embedding64(_EMBEDDED[name][1], check_bool("rotate", rotate)).float()
 
 
 def _embedding64(dim: int, rotate: bool) -> Tensor:
@@ -211,11 +211,12 @@ def make_toy(
     name = check_choice("name", name, TOY_NAMES)
     n = check_int("n", n, minimum=0)
     dim = check_int("dim", dim, minimum=1)
+    rotate = check_bool("rotate", rotate)
     s = DEFAULT_NOISE[name] if noise is None else check_positive("noise", noise, allow_zero=True)
     if name in _EMBEDDED:
         base, ambient = _EMBEDDED[name]
         z, y = make_toy(base, n, generator, noise=s)
-        return (z.double() @ _embedding64(ambient, bool(rotate)).T).float(), y
+        return (z.double() @ _embedding64(ambient, rotate).T).float(), y
     g = generator
     y: Tensor | None = None
     if name == "8gaussians":

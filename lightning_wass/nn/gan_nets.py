@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 from torch.nn.utils.parametrize import is_parametrized, remove_parametrizations
 
-from lightning_wass._validation import check_int
+from lightning_wass._validation import check_int, check_shape
 from lightning_wass.nn.mlp import MLP
 
 __all__ = [
@@ -64,7 +64,7 @@ class MLPGenerator(nn.Module):
     ) -> None:
         super().__init__()
         self.latent_dim = check_int("latent_dim", latent_dim, minimum=1)
-        self.data_shape = tuple(check_int("data_shape entry", int(s), minimum=1) for s in data_shape)
+        self.data_shape = check_shape("data_shape", data_shape)
         if output not in ("linear", "sigmoid"):
             raise ValueError(f"output must be 'linear' or 'sigmoid', got {output!r}")
         self.net = MLP(self.latent_dim, math.prod(self.data_shape), hidden, activation)
@@ -85,7 +85,7 @@ class MLPCritic(nn.Module):
         activation: str = "relu",
     ) -> None:
         super().__init__()
-        self.data_shape = tuple(check_int("data_shape entry", int(s), minimum=1) for s in data_shape)
+        self.data_shape = check_shape("data_shape", data_shape)
         self.net = MLP(math.prod(self.data_shape), 1, hidden, activation)
 
     def forward(self, x: Tensor) -> Tensor:
