@@ -50,8 +50,12 @@ class GradientNormStopping(Callback):
         super().__init__()
         self.tol = check_positive("tol", tol)
         self.patience = check_int("patience", patience, minimum=1)
-        if monitor is not None and (isinstance(monitor, str) or not all(isinstance(m, str) for m in monitor)):
+        if monitor is not None and (
+            isinstance(monitor, str) or not isinstance(monitor, Sequence) or not all(isinstance(m, str) for m in monitor)
+        ):
             raise TypeError(f"monitor must be a sequence of metric names (e.g. ['gn_theta', 'gn_T']), got {monitor!r}")
+        if monitor is not None and len(monitor) == 0:
+            raise ValueError("monitor must name at least one norm (e.g. ['gn_T']), or be None for every norm the module reports")
         self.monitor = None if monitor is None else list(monitor)
         self.verbose = bool(verbose)
         self.wait_count = 0

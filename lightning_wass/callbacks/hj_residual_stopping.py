@@ -87,12 +87,10 @@ class HJResidualStopping(pl.Callback):
             terminal_monitor = "val/terminal_error_official" if self.official else "val/terminal_error_relative"
         self.tol = check_positive("tol", tol)
         self.patience = check_int("patience", patience, minimum=1)
-        if not isinstance(monitor, str) or not monitor:
-            raise ValueError(f"monitor must be a non-empty metric name, got {monitor!r}")
+        _check_metric_name("monitor", monitor)
         self.monitor = monitor
         self.terminal_tol = None if terminal_tol is None else check_positive("terminal_tol", terminal_tol)
-        if not isinstance(terminal_monitor, str) or not terminal_monitor:
-            raise ValueError(f"terminal_monitor must be a non-empty metric name, got {terminal_monitor!r}")
+        _check_metric_name("terminal_monitor", terminal_monitor)
         self.terminal_monitor = terminal_monitor
         self.strict = bool(strict)
         self.verbose = bool(verbose)
@@ -163,3 +161,10 @@ class HJResidualStopping(pl.Callback):
         self.stopped_step = int(state_dict.get("stopped_step", -1))
         self.stopped_epoch = int(state_dict.get("stopped_epoch", -1))
         self.last = dict(state_dict.get("last", {}))
+
+
+def _check_metric_name(name: str, value: object) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a non-empty metric name (a str), got {type(value).__name__} ({value!r})")
+    if not value:
+        raise ValueError(f"{name} must be a non-empty metric name, got {value!r}")

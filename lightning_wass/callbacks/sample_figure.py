@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,15 @@ def _figure_to_array(fig: Any) -> np.ndarray:
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def check_name(name: str, value: object) -> str:
+    """A non-empty ``str`` (a TensorBoard tag, a metric prefix), or ``TypeError`` / ``ValueError`` naming ``name``."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a non-empty str, got {type(value).__name__} ({value!r})")
+    if not value:
+        raise ValueError(f"{name} must be a non-empty str")
+    return value
 
 
 def render_samples(samples: Tensor, data: Tensor | None = None, *, title: str = "", max_images: int = 64) -> np.ndarray:
@@ -112,8 +122,12 @@ class SampleFigure(pl.Callback):
         self.num_samples = check_int("num_samples", num_samples, minimum=1)
         self.num_data = check_int("num_data", num_data, minimum=0)
         self.split = check_choice("split", split, ("val", "test", "train"))
+        if dirpath is not None and not isinstance(dirpath, (str, os.PathLike)):
+            raise TypeError(f"dirpath must be a folder path (str) or None, got {type(dirpath).__name__} ({dirpath!r})")
+        if dirpath is not None and not str(dirpath):
+            raise ValueError("dirpath must be a non-empty folder path, or None for <log_dir>/samples")
         self.dirpath = dirpath
-        self.tag = tag
+        self.tag = check_name("tag", tag)
         self.seed = check_int("seed", seed, minimum=0)
         self.max_images = check_int("max_images", max_images, minimum=1)
         self.paths: list[Path] = []

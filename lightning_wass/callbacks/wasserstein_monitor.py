@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_wass._validation import check_choice, check_int, check_positive
+from lightning_wass.callbacks.sample_figure import check_name
 from lightning_wass.metrics import mode_coverage
 from lightning_wass.modules.generative import draw_samples, exact_distances, floor_samples, heldout_data, step_count
 
@@ -83,13 +84,17 @@ class WassersteinMonitor(pl.Callback):
         super().__init__()
         self.every_n_steps = check_int("every_n_steps", every_n_steps, minimum=1)
         self.num_samples = check_int("num_samples", num_samples, minimum=2)
+        if isinstance(p, (str, bytes)) or not isinstance(p, (int, Sequence)):
+            raise TypeError(f"p must be 1, 2 or a non-empty list of them, got {type(p).__name__} ({p!r})")
         orders = [p] if isinstance(p, int) else list(p)
         if not orders:
             raise ValueError("p must be 1, 2 or a non-empty list of them")
+        if any(isinstance(q, bool) for q in orders):
+            raise TypeError(f"p must be 1, 2 or a non-empty list of them, got a bool ({p!r})")
         self.ps = tuple(int(check_choice("p", q, (1, 2))) for q in orders)
         self.split = check_choice("split", split, ("val", "test"))
         self.floor_repeats = check_int("floor_repeats", floor_repeats, minimum=1)
-        self.prefix = prefix
+        self.prefix = check_name("prefix", prefix)
         self.seed = check_int("seed", seed, minimum=0)
         self.modes = None if modes is None else _check_modes("modes", modes)
         self._warned_modes = False

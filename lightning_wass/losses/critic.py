@@ -20,12 +20,19 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
+from lightning_wass._validation import check_callable, check_positive, check_tensor
+
 Critic = Callable[[Tensor], Tensor]
+
+
+def _scores(name: str, value: Tensor) -> Tensor:
+    """Critic scores: a real tensor with at least one score (no host sync: finiteness is the caller's)."""
+    return check_tensor(name, value, item="critic score", finite=False)
 
 
 def critic_gap(f_data: Tensor, f_gen: Tensor) -> Tensor:
     """The Kantorovich-Rubinstein estimate of ``W1``: ``mean f(data) - mean f(gen)`` (a 0-dim tensor)."""
-    return f_data.mean() - f_gen.mean()
+    return _scores("f_data", f_data).mean() - _scores("f_gen", f_gen).mean()
 
 
 def critic_loss(f_data: Tensor, f_gen: Tensor) -> Tensor:
@@ -35,7 +42,7 @@ def critic_loss(f_data: Tensor, f_gen: Tensor) -> Tensor:
 
 def generator_loss(f_gen: Tensor) -> Tensor:
     """The generator minimises ``-mean f(G(z))``."""
-    return -f_gen.mean()
+    return -_scores("f_gen", f_gen).mean()
 
 
 def _unit_batch(eps: Tensor, like: Tensor) -> Tensor:
@@ -50,6 +57,12 @@ def gradient_penalty(critic: Critic, data: Tensor, generated: Tensor, eps: Tenso
     ``create_graph=True`` so that the penalty can be back-propagated into the critic's weights; it is
     not accumulated into any ``.grad`` (``torch.autograd.grad`` w.r.t. ``x_hat`` only).
     """
+    check_callable("critic", critic)
+    for name, value in (("data", data), ("generated", generated), ("eps", eps)):
+        check_tensor(name, value, item="sample", finite=False)
+    target = check_positive("target", target, allow_zero=True)
+    if eps.numel() != data.shape[0]:
+        raise ValueError(f"eps must hold one weight per sample ({data.shape[0]}), got shape {tuple(eps.shape)}")
     if data.shape != generated.shape:
         raise ValueError(f"data and generated must have the same shape, got {tuple(data.shape)} and {tuple(generated.shape)}")
     e = _unit_batch(eps, data)
@@ -64,12 +77,19 @@ def gradient_penalty(critic: Critic, data: Tensor, generated: Tensor, eps: Tenso
 @torch.no_grad()
 def clip_weights(parameters: Iterable[nn.Parameter], clip_value: float) -> None:
     """Original WGAN's Lipschitz control: clamp every parameter to ``[-clip_value, clip_value]`` in place."""
+    clip_value = check_positive("clip_value", clip_value)
+    if isinstance(parameters, Tensor) or not isinstance(parameters, Iterable):
+        raise TypeError(f"parameters must be an iterable of tensors (e.g. critic.parameters()), got {type(parameters).__name__}")
     for p in parameters:
+        if not isinstance(p, Tensor):
+            raise TypeError(f"parameters must be an iterable of tensors (e.g. critic.parameters()), got an element of type {type(p).__name__}")
         p.clamp_(-clip_value, clip_value)
 
 
 def lipschitz_estimate(critic: Critic, points: Tensor) -> Tensor:
     """``max_i ||grad_x f(x_i)||_2`` over ``points``: a lower bound of the critic's Lipschitz constant."""
+    check_callable("critic", critic)
+    check_tensor("points", points, item="point", finite=False)
     x = points.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         (grad,) = torch.autograd.grad(critic(x).sum(), x)

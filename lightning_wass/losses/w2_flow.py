@@ -29,11 +29,26 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from lightning_wass._validation import check_callable, check_positive, check_tensor
 from lightning_wass.ot import barycentric_map, cost_matrix
+
+
+def _batches(generated: Tensor, data: Tensor, *, finite: bool = False) -> None:
+    """Two non-empty batches with the same number of features per sample."""
+    check_tensor("generated", generated, item="sample", finite=finite)
+    check_tensor("data", data, item="sample", finite=finite)
+    if generated.ndim < 1 or data.ndim < 1 or generated[0].numel() != data[0].numel():
+        raise ValueError(
+            f"generated and data must have the same number of features per sample, got shapes "
+            f"{tuple(generated.shape)} and {tuple(data.shape)}"
+        )
 
 
 def forward_euler_targets(y: Tensor, mapped: Tensor, dt: float) -> Tensor:
     """``y + dt (mapped - y)``: one forward-Euler step of the flow ``dy/dt = T(y) - y`` (detached)."""
+    dt = check_positive("dt", dt)
+    check_tensor("y", y, allow_empty=True, finite=False)
+    check_tensor("mapped", mapped, allow_empty=True, finite=False)
     if y.shape != mapped.shape:
         raise ValueError(f"y and mapped must have the same shape, got {tuple(y.shape)} and {tuple(mapped.shape)}")
     return (y + dt * (mapped - y)).detach()
@@ -48,6 +63,8 @@ def minibatch_ot_targets(generated: Tensor, data: Tensor, dt: float) -> tuple[Te
     two batches, ``sqrt(mean ||T(y) - y||^2)`` (exact for equal batch sizes, where the plan is a
     matching).
     """
+    dt = check_positive("dt", dt)
+    _batches(generated, data, finite=True)
     y = generated.detach().flatten(1)
     x = data.detach().flatten(1).to(y.dtype)
     mapped = barycentric_map(y, x)
@@ -62,6 +79,8 @@ def semi_dual_loss(potential: Callable[[Tensor], Tensor], generated: Tensor, dat
     ``phi^c(x) = min_y ||x - y||^2 / 2 - phi(y)``, the minimum taken over the generated batch.
     The maximiser gives the optimal map ``T(y) = y - grad phi(y)`` from ``mu`` (generated) to ``nu``.
     """
+    check_callable("potential", potential)
+    _batches(generated, data)
     y = generated.detach().flatten(1)
     x = data.detach().flatten(1).to(y.dtype)
     phi = potential(generated.detach()).reshape(-1)
@@ -91,6 +110,11 @@ def w2gan_dual_loss(
     ``psi`` is the potential on the generated side and the optimal map is ``T(y) = y - grad psi(y)``
     (:func:`adversarial_map`). Returns ``-objective``.
     """
+    check_callable("phi", phi)
+    check_callable("psi", psi)
+    check_tensor("data", data, item="sample", finite=False)
+    check_tensor("generated", generated, item="sample", finite=False)
+    penalty = check_positive("penalty", penalty, allow_zero=True)
     x = data.detach()
     y = generated.detach().to(x.dtype) if generated.dtype != x.dtype else generated.detach()
     if x.shape != y.shape:
@@ -103,11 +127,13 @@ def w2gan_dual_loss(
 
 def adversarial_map(psi: Callable[[Tensor], Tensor], y: Tensor) -> Tensor:
     """``T(y) = y - grad psi(y)``: the transport map of the generated-side W2-GAN potential (detached)."""
-    return potential_map(psi, y)
+    return potential_map(check_callable("psi", psi), y)
 
 
 def potential_map(potential: Callable[[Tensor], Tensor], y: Tensor) -> Tensor:
     """``T(y) = y - grad phi(y)`` for a learned potential ``phi`` (detached)."""
+    check_callable("potential", potential)
+    check_tensor("y", y, allow_empty=True, allow_integer=False, finite=False)
     x = y.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         (grad,) = torch.autograd.grad(potential(x).sum(), x)

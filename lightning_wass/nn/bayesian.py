@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_wass._validation import check_int, check_positive
+from lightning_wass._validation import check_int, check_module, check_number, check_positive
 
 
 class BayesianModule(nn.Module):
@@ -43,9 +43,7 @@ class BayesianModule(nn.Module):
         super().__init__()
         self.prior_sigma = check_positive("prior_sigma", prior_sigma)
         self.init_mu_std = check_positive("init_mu_std", init_mu_std, allow_zero=True)
-        if not isinstance(init_rho, (int, float)) or not math.isfinite(init_rho):
-            raise ValueError(f"init_rho must be a finite number, got {init_rho!r}")
-        self.init_rho = float(init_rho)
+        self.init_rho = check_number("init_rho", init_rho)
         self.init_rho_std = check_positive("init_rho_std", init_rho_std, allow_zero=True)
         self.sampling = True
         self.noise_seed: int | None = None
@@ -137,7 +135,10 @@ class BayesConv2d(BayesianModule):
         self.in_channels = check_int("in_channels", in_channels, minimum=1)
         self.out_channels = check_int("out_channels", out_channels, minimum=1)
         self.kernel_size = check_int("kernel_size", kernel_size, minimum=1)
-        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+        self.stride = check_int("stride", stride, minimum=1)
+        self.padding = check_int("padding", padding, minimum=0)
+        self.dilation = check_int("dilation", dilation, minimum=1)
+        self.groups = check_int("groups", groups, minimum=1)
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}")
         self._register_gaussian("weight", (out_channels, in_channels // groups, kernel_size, kernel_size))
@@ -158,6 +159,7 @@ class BayesConv2d(BayesianModule):
 
 def bayesian_layers(module: nn.Module) -> list[BayesianModule]:
     """The Bayesian layers inside ``module`` (in ``module.modules()`` order)."""
+    check_module("module", module)
     return [m for m in module.modules() if isinstance(m, BayesianModule)]
 
 
@@ -196,6 +198,7 @@ def shared_noise(module: nn.Module, seed: int) -> Iterator[None]:
     (and its position), so repeated forward passes use the same weight noise: the common random
     numbers that keep the loss surface fixed across the passes of one OT-MDR / SAM step (the
     official code's ``reuse_eps``)."""
+    check_int("seed", seed)
     layers = bayesian_layers(module)
     previous = [layer.noise_seed for layer in layers]
     try:

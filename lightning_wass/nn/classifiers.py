@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from lightning_wass._validation import check_fraction, check_int
+from lightning_wass._validation import check_fraction, check_int, check_shape
 from lightning_wass.nn.bayesian import BayesConv2d, BayesLinear
 from lightning_wass.nn.mlp import MLP
 
@@ -23,8 +23,8 @@ def _flat_size(in_shape: int | Sequence[int]) -> int:
     if isinstance(in_shape, int):
         return check_int("in_shape", in_shape, minimum=1)
     size = 1
-    for d in in_shape:
-        size *= check_int("in_shape entry", d, minimum=1)
+    for d in check_shape("in_shape", in_shape):
+        size *= d
     return size
 
 
@@ -84,7 +84,7 @@ class ConvClassifier(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim != 4:
-            raise ValueError(f"{type(self).__name__} expects images of shape (N, C, H, W), got {tuple(x.shape)}")
+            raise ValueError(f"{type(self).__name__} expects images x of shape (N, C, H, W), got {tuple(x.shape)}")
         return self.head(self.features(x))
 
 
@@ -108,7 +108,7 @@ class BayesianMLPClassifier(nn.Module):
 
     def __init__(self, in_shape: int | Sequence[int] = (1, 8, 8), num_classes: int = 10, hidden: Sequence[int] = (128, 128), prior_sigma: float = 0.1) -> None:
         super().__init__()
-        widths = [_flat_size(in_shape), *[check_int("hidden width", h, minimum=1) for h in hidden], check_int("num_classes", num_classes, minimum=2)]
+        widths = [_flat_size(in_shape), *check_shape("hidden", hidden, allow_empty=True), check_int("num_classes", num_classes, minimum=2)]
         layers: list[nn.Module] = []
         for i in range(len(widths) - 1):
             layers.append(BayesLinear(widths[i], widths[i + 1], prior_sigma=prior_sigma))
@@ -218,8 +218,13 @@ class Ensemble(nn.Module):
 
     def __init__(self, members: Sequence[nn.Module]) -> None:
         super().__init__()
+        if not isinstance(members, (Sequence, nn.ModuleList)):
+            raise TypeError(f"members must be a list of torch.nn.Module networks, got {type(members).__name__}")
         if len(members) < 1:
-            raise ValueError("Ensemble needs at least one member")
+            raise ValueError("Ensemble needs at least one network in members")
+        for i, member in enumerate(members):
+            if not isinstance(member, nn.Module):
+                raise TypeError(f"members[{i}] must be a torch.nn.Module, got {type(member).__name__}")
         self.members = nn.ModuleList(members)
 
     @classmethod

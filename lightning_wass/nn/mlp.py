@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from lightning_wass._validation import check_choice, check_int
+from lightning_wass._validation import check_choice, check_int, check_shape
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -43,7 +43,7 @@ class MLP(nn.Module):
         check_int("in_features", in_features, minimum=1)
         check_int("out_features", out_features, minimum=1)
         check_choice("activation", activation, ACTIVATIONS)
-        widths = [in_features, *[check_int("hidden width", h, minimum=1) for h in hidden], out_features]
+        widths = [in_features, *check_shape("hidden", hidden, allow_empty=True), out_features]
         layers: list[nn.Module] = []
         for i in range(len(widths) - 1):
             layers.append(nn.Linear(widths[i], widths[i + 1]))

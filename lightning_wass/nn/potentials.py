@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lightning_wass._validation import check_choice, check_int
+from lightning_wass._validation import check_choice, check_int, check_module, check_shape
 from lightning_wass.nn.mlp import ACTIVATIONS, MLP
 
 __all__ = [
@@ -55,8 +55,8 @@ def _time_column(t: Tensor | float, x: Tensor) -> Tensor:
 
 
 def _image_shape(data_shape: Sequence[int]) -> tuple[int, int, int]:
-    shape = tuple(int(s) for s in data_shape)
-    if len(shape) != 3 or min(shape) < 1:
+    shape = check_shape("data_shape", data_shape)
+    if len(shape) != 3:
         raise ValueError(f"data_shape must be (C, H, W) with positive sizes for a convolutional net, got {data_shape!r}")
     return shape  # type: ignore[return-value]
 
@@ -116,6 +116,7 @@ class ConvTrunk(nn.Module):
         super().__init__()
         c, h, w = _image_shape(data_shape)
         check_choice("activation", activation, ACTIVATIONS)
+        channels = check_shape("channels", channels, allow_empty=True)
         if len(channels) == 0:
             raise ValueError("channels must list at least one convolutional layer")
         k = min(h, w, 7)
@@ -123,7 +124,6 @@ class ConvTrunk(nn.Module):
         layers: list[nn.Module] = []
         previous = c
         for width in channels:
-            width = check_int("channel width", width, minimum=1)
             layers += [
                 nn.ZeroPad2d((before, after, before, after)),
                 nn.Conv2d(previous, width, k, bias=False),
@@ -196,6 +196,7 @@ def official_init_(module: nn.Module) -> nn.Module:
     ``k x k`` convolution ``fan_in = k^2 c_in`` and ``fan_out = k^2 c_out``); every bias is zero.
     Uses the global torch RNG. Returns ``module``.
     """
+    check_module("module", module)
     for layer in module.modules():
         if isinstance(layer, (nn.Linear, nn.Conv2d)):
             receptive = int(np.prod(layer.weight.shape[2:])) if layer.weight.dim() > 2 else 1

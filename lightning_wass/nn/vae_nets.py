@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from lightning_wass._validation import check_choice, check_int
+from lightning_wass._validation import check_choice, check_int, check_shape
 from lightning_wass.nn.mlp import MLP
 
 ARCHITECTURES = ("auto", "mlp", "conv")
@@ -36,8 +36,8 @@ class MLPEncoder(nn.Module):
 
     def __init__(self, data_shape: Sequence[int], latent_dim: int, hidden: Sequence[int] = DEFAULT_MLP_HIDDEN) -> None:
         super().__init__()
-        self.data_shape = tuple(data_shape)
-        self.latent_dim = latent_dim
+        self.data_shape = check_shape("data_shape", data_shape)
+        self.latent_dim = check_int("latent_dim", latent_dim, minimum=1)
         self.net = MLP(math.prod(self.data_shape), 2 * latent_dim, hidden=hidden, activation="relu")
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -50,8 +50,10 @@ class MLPDecoder(nn.Module):
 
     def __init__(self, data_shape: Sequence[int], latent_dim: int, hidden: Sequence[int] = DEFAULT_MLP_HIDDEN) -> None:
         super().__init__()
-        self.data_shape = tuple(data_shape)
-        self.net = MLP(latent_dim, math.prod(self.data_shape), hidden=tuple(reversed(tuple(hidden))), activation="relu")
+        self.data_shape = check_shape("data_shape", data_shape)
+        check_int("latent_dim", latent_dim, minimum=1)
+        hidden = check_shape("hidden", hidden, allow_empty=True)
+        self.net = MLP(latent_dim, math.prod(self.data_shape), hidden=tuple(reversed(hidden)), activation="relu")
 
     def forward(self, z: Tensor) -> Tensor:
         return self.net(z).view(z.shape[0], *self.data_shape)
@@ -62,7 +64,8 @@ class ConvEncoder(nn.Module):
 
     def __init__(self, data_shape: Sequence[int], latent_dim: int, channels: Sequence[int] = DEFAULT_CONV_CHANNELS) -> None:
         super().__init__()
-        c, h, w = _check_conv_shape(data_shape, channels)
+        c, h, w = _check_conv_shape(data_shape, channels, latent_dim)
+        channels = check_shape("channels", channels)
         layers: list[nn.Module] = []
         for width in channels:
             layers += [nn.Conv2d(c, width, kernel_size=4, stride=2, padding=1), nn.ReLU()]
@@ -85,7 +88,8 @@ class ConvDecoder(nn.Module):
 
     def __init__(self, data_shape: Sequence[int], latent_dim: int, channels: Sequence[int] = DEFAULT_CONV_CHANNELS) -> None:
         super().__init__()
-        c_out, h, w = _check_conv_shape(data_shape, channels)
+        c_out, h, w = _check_conv_shape(data_shape, channels, latent_dim)
+        channels = check_shape("channels", channels)
         factor = 2 ** len(channels)
         widths = list(reversed(tuple(channels)))
         self.start_shape = (widths[0], h // factor, w // factor)
@@ -107,17 +111,22 @@ class ConvDecoder(nn.Module):
         return self.deconv(self.dense(z).view(z.shape[0], *self.start_shape))
 
 
-def _check_conv_shape(data_shape: Sequence[int], channels: Sequence[int]) -> tuple[int, int, int]:
+def _check_conv_shape(
+    data_shape: Sequence[int], channels: Sequence[int], latent_dim: int, channels_name: str = "channels"
+) -> tuple[int, int, int]:
+    data_shape = check_shape("data_shape", data_shape)
     if len(data_shape) != 3:
         raise ValueError(f"the convolutional VAE needs data_shape (C, H, W), got {tuple(data_shape)}")
+    channels = check_shape(channels_name, channels, allow_empty=True)
     if len(channels) < 1:
-        raise ValueError("hidden (the convolutional channel widths) must name at least one layer")
+        raise ValueError(f"{channels_name} (the convolutional channel widths) must name at least one layer")
+    check_int("latent_dim", latent_dim, minimum=1)
     c, h, w = data_shape
     factor = 2 ** len(channels)
     if h % factor or w % factor:
         raise ValueError(
             f"the convolutional VAE with {len(channels)} stride-2 layers needs H and W divisible by {factor}, "
-            f"got data_shape {tuple(data_shape)}; use architecture='mlp' or fewer hidden layers"
+            f"got data_shape {tuple(data_shape)}; use architecture='mlp' or fewer {channels_name} layers"
         )
     return c, h, w
 
@@ -143,15 +152,12 @@ def build_vae_nets(
     ``hidden`` is the MLP's hidden widths (default ``(256, 128)``, mirrored in the decoder) or the
     convolutional channel widths (default ``(32, 64)``, one stride-2 layer each).
     """
-    data_shape = tuple(check_int("data_shape entry", d, minimum=1) for d in data_shape)
-    if not data_shape:
-        raise ValueError("data_shape must have at least one dimension")
+    data_shape = check_shape("data_shape", data_shape)
     check_int("latent_dim", latent_dim, minimum=1)
     kind = resolve_architecture(data_shape, architecture)
     if kind == "conv":
-        channels = tuple(DEFAULT_CONV_CHANNELS if hidden is None else hidden)
-        channels = tuple(check_int("hidden width", c, minimum=1) for c in channels)
+        channels = DEFAULT_CONV_CHANNELS if hidden is None else hidden
+        _check_conv_shape(data_shape, channels, latent_dim, channels_name="hidden")
         return ConvEncoder(data_shape, latent_dim, channels), ConvDecoder(data_shape, latent_dim, channels)
-    widths = tuple(DEFAULT_MLP_HIDDEN if hidden is None else hidden)
-    widths = tuple(check_int("hidden width", h, minimum=1) for h in widths)
+    widths = check_shape("hidden", DEFAULT_MLP_HIDDEN if hidden is None else hidden, allow_empty=True)
     return MLPEncoder(data_shape, latent_dim, widths), MLPDecoder(data_shape, latent_dim, widths)

@@ -18,7 +18,7 @@ from typing import Any
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from lightning_wass._validation import check_positive
+from lightning_wass._validation import check_int, check_positive
 
 
 class ProportionalRho(LRScheduler):
@@ -54,6 +54,14 @@ class ProportionalRho(LRScheduler):
         lr_min: float = 0.0,
         last_epoch: int = -1,
     ) -> None:
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer (a SAM-family one), got {type(optimizer).__name__}")
+        last_epoch = check_int("last_epoch", last_epoch, minimum=-1)
+        if last_epoch >= 0 and any("initial_lr" not in g for g in optimizer.param_groups):
+            raise ValueError(
+                f"last_epoch={last_epoch} resumes a schedule, but the optimizer's param groups have no 'initial_lr' "
+                "(set by a scheduler built with last_epoch=-1); build it with last_epoch=-1 and load its state_dict to resume"
+            )
         for i, group in enumerate(optimizer.param_groups):
             if "rho" not in group:
                 raise ValueError(f"ProportionalRho needs an optimizer whose param groups have 'rho' (group {i} has none)")

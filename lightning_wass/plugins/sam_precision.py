@@ -26,9 +26,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from lightning.pytorch.utilities import GradClipAlgorithmType
 from torch.optim import Optimizer
@@ -44,6 +45,25 @@ class SAMMixedPrecision(MixedPrecision):
         device: the device autocast runs on (``"cuda"``, ``"cpu"``, ...).
         scaler: the ``torch.amp.GradScaler`` (default for ``"16-mixed"``: a new one on ``device``).
     """
+
+    def __init__(
+        self, precision: Literal["16-mixed", "bf16-mixed"], device: str | torch.device, scaler: torch.amp.GradScaler | None = None
+    ) -> None:
+        if precision not in ("16-mixed", "bf16-mixed"):
+            raise ValueError(f"precision must be '16-mixed' or 'bf16-mixed', got {precision!r}")
+        if isinstance(device, torch.device):
+            device = device.type
+        if not isinstance(device, str):
+            raise TypeError(f"device must be a device name such as 'cuda' or 'cpu', got {type(device).__name__} ({device!r})")
+        try:
+            device_type = torch.device(device).type
+        except RuntimeError:
+            raise ValueError(f"device must be a device name such as 'cuda' or 'cpu', got {device!r}") from None
+        if scaler is not None and not isinstance(scaler, torch.amp.GradScaler):
+            raise TypeError(f"scaler must be a torch.amp.GradScaler or None, got {type(scaler).__name__}")
+        if scaler is not None and precision == "bf16-mixed":
+            raise ValueError("scaler must be None with precision='bf16-mixed' (bf16 needs no loss scaling)")
+        super().__init__(precision, device_type, scaler)  # type: ignore[arg-type]
 
     def connect(self, model: Any, optimizers: list[Optimizer], lr_schedulers: list[Any]) -> tuple[Any, list[Optimizer], list[Any]]:
         if self.scaler is not None:

@@ -27,7 +27,7 @@ import math
 import torch
 from torch import Tensor
 
-from lightning_wass._validation import check_choice, check_positive
+from lightning_wass._validation import check_callable, check_positive, check_tensor
 
 DIVERGENCES: tuple[str, ...] = ("kl", "reverse_kl", "alpha")
 """Names accepted by :func:`f_divergence_dual`."""
@@ -43,6 +43,8 @@ __all__ = [
 
 
 def _scores(name: str, phi: Tensor) -> Tensor:
+    if not isinstance(phi, Tensor):
+        raise TypeError(f"{name} must be a tensor of discriminator scores, shape (N,) or (N, 1); got {type(phi).__name__}")
     if phi.dim() == 2 and phi.shape[1] == 1:
         phi = phi[:, 0]
     if phi.dim() != 1 or phi.numel() == 0:
@@ -67,6 +69,7 @@ def reverse_kl_dual(phi_p: Tensor, phi_q: Tensor, eps: float = 1e-6) -> Tensor:
     optimal at ``phi* = -dQ/dP``. As in the official code, ``log(-phi)`` is evaluated as
     ``log(relu(-phi) + eps)``: non-negative scores are heavily penalised instead of producing NaN.
     """
+    eps = check_positive("eps", eps)
     phi_p, phi_q = _scores("phi_p", phi_p), _scores("phi_q", phi_q)
     return phi_p.mean() + 1.0 + torch.log(torch.relu(-phi_q) + eps).mean()
 
@@ -90,7 +93,8 @@ def alpha_dual(phi_p: Tensor, phi_q: Tensor, order: float = 2.0) -> Tensor:
 def f_divergence_dual(name: str, phi_p: Tensor, phi_q: Tensor, *, order: float = 2.0) -> Tensor:
     """The dual objective of the divergence ``name`` (one of :data:`DIVERGENCES`); ``order`` is the
     ``a`` of ``"alpha"``."""
-    check_choice("divergence", name, DIVERGENCES)
+    if not isinstance(name, str) or name not in DIVERGENCES:
+        raise ValueError(f"divergence must be one of {', '.join(repr(d) for d in DIVERGENCES)}; got name={name!r}")
     if name == "kl":
         return kl_dual(phi_p, phi_q)
     if name == "reverse_kl":
@@ -113,6 +117,9 @@ def lipschitz_penalty(
     penalises slopes above ``L``. Differentiable in the discriminator's parameters.
     """
     L = check_positive("L", L)
+    check_callable("discriminator", discriminator)
+    check_tensor("real", real, item="sample", finite=False)
+    check_tensor("fake", fake, item="sample", finite=False)
     if real.shape != fake.shape:
         raise ValueError(f"real and fake must have the same shape, got {tuple(real.shape)} and {tuple(fake.shape)}")
     shape = (real.shape[0],) + (1,) * (real.dim() - 1)

@@ -88,7 +88,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from lightning_wass._validation import check_positive
+from lightning_wass._validation import check_callable, check_number, check_positive, check_tensor
 from lightning_wass.proximal.rollout import Potential, evaluate_potential, path_lengths, potential_gradient
 
 __all__ = [
@@ -103,6 +103,15 @@ __all__ = [
 ]
 
 
+def _check_sign(sign: float) -> float:
+    """``-1`` (our flow's HJ equation) or ``+1`` (the official code's form)."""
+    if isinstance(sign, bool) or not isinstance(sign, (int, float)):
+        raise TypeError(f"sign must be -1 or +1, got {type(sign).__name__} ({sign!r})")
+    if sign not in (-1, 1):
+        raise ValueError(f"sign must be -1 (the flow v = -grad U / alpha) or +1 (the official code's form), got {sign!r}")
+    return float(sign)
+
+
 def hj_residual_pointwise(potential: Potential, x: Tensor, t: float, alpha: float, *, sign: float = -1.0) -> Tensor:
     """``r_i = d_t U(x_i, t) + sign * ||grad_x U(x_i, t)||^2 / (2 alpha)`` per sample, shape ``(N,)``.
 
@@ -111,6 +120,9 @@ def hj_residual_pointwise(potential: Potential, x: Tensor, t: float, alpha: floa
     ``(x_{k+1}, t_k)``: :func:`hj_residual_official`).
     """
     alpha = check_positive("alpha", alpha)
+    t = check_number("t", _item(t))
+    sign = _check_sign(sign)
+    check_tensor("x", x, shape="(N, *data_shape)", allow_empty=True, allow_integer=False, finite=False)
     if not torch.is_grad_enabled():
         raise RuntimeError("hj_residual needs autograd: call it under torch.enable_grad() (and torch.inference_mode(False))")
     x = x.detach().requires_grad_(True)
@@ -148,6 +160,9 @@ def hj_residual(
     """
     if len(times) == 0 or len(states) < len(times):
         raise ValueError(f"hj_residual needs one state per time, got {len(states)} states and {len(times)} times")
+    dt = check_positive("dt", dt)
+    alpha = check_positive("alpha", alpha)
+    sign = _check_sign(sign)
     total = states[0].new_zeros(())
     for x, t in zip(states, times):
         r = hj_residual_pointwise(potential, x, t, alpha, sign=sign)
@@ -162,9 +177,22 @@ def terminal_error(potential: Potential, discriminator: nn.Module, x_T: Tensor, 
 
     Returns a detached 0-dim tensor.
     """
-    grad_u = potential_gradient(potential, x_T, float(T))
-    grad_phi = potential_gradient(lambda x, t: discriminator(x), x_T, float(T))
+    T = _check_terminal(potential, discriminator, x_T, T)
+    grad_u = potential_gradient(potential, x_T, T)
+    grad_phi = potential_gradient(lambda x, t: discriminator(x), x_T, T)
     return (grad_phi - grad_u).flatten(1).norm(dim=1).mean().detach()
+
+
+def _check_terminal(potential: Potential, discriminator: nn.Module, x_T: Tensor, T: float) -> float:
+    check_callable("potential", potential)
+    check_callable("discriminator", discriminator)
+    check_tensor("x_T", x_T, shape="(N, *data_shape)", item="sample", allow_integer=False, finite=False)
+    return check_positive("T", _item(T))
+
+
+def _item(value: object) -> object:
+    """A one-element tensor as a Python number (anything else unchanged, for the checks to judge)."""
+    return value.item() if isinstance(value, Tensor) and value.numel() == 1 else value
 
 
 # ----------------------------------------------------------------------------- the official conventions
@@ -195,6 +223,7 @@ def kinetic_energy_official(potential: Potential, states: Sequence[Tensor], time
     Returns a detached 0-dim tensor.
     """
     alpha = check_positive("alpha", alpha)
+    dt = check_positive("dt", dt)
     _check_official_states("kinetic_energy_official", states, times)
     total = states[0].new_zeros(())
     for x_next, t in zip(states[1:], times):
@@ -215,6 +244,8 @@ def hj_residual_official(potential: Potential, states: Sequence[Tensor], times: 
     Returns a detached 0-dim tensor.
     """
     _check_official_states("hj_residual_official", states, times)
+    dt = check_positive("dt", dt)
+    alpha = check_positive("alpha", alpha)
     total = states[0].new_zeros(())
     for x_next, t in zip(states[1:], times):
         r = hj_residual_pointwise(potential, x_next, float(t), alpha, sign=+1.0)
@@ -232,8 +263,9 @@ def terminal_error_official(potential: Potential, discriminator: nn.Module, x_T:
 
     Returns a detached 0-dim tensor.
     """
-    grad_u = potential_gradient(potential, x_T, float(T))
-    grad_phi = potential_gradient(lambda x, t: discriminator(x), x_T, float(T))
+    T = _check_terminal(potential, discriminator, x_T, T)
+    grad_u = potential_gradient(potential, x_T, T)
+    grad_phi = potential_gradient(lambda x, t: discriminator(x), x_T, T)
     return ((grad_phi - grad_u).pow(2).sum().sqrt() / x_T.shape[0]).detach()
 
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from lightning_wass._validation import check_choice, check_int
+from lightning_wass._validation import check_int, check_number, check_shape
 
 REFERENCES: tuple[str, ...] = ("normal", "uniform")
 
@@ -45,9 +45,13 @@ def sample_reference(
 
     ``generator`` must live on ``device`` (or be ``None`` for torch's global generator).
     """
-    check_choice("reference", kind, REFERENCES)
+    if not isinstance(kind, str) or kind not in REFERENCES:
+        raise ValueError(f"reference must be one of {', '.join(repr(r) for r in REFERENCES)}; got kind={kind!r}")
     n = check_int("n", n, minimum=1)
-    size = (n, *[int(s) for s in shape])
+    size = (n, *check_shape("shape", shape, allow_empty=True))
+    low, high = check_number("low", low), check_number("high", high)
+    if not low < high:
+        raise ValueError(f"low must be below high for the uniform reference, got low={low} and high={high}")
     if kind == "normal":
         return torch.randn(size, generator=generator, device=device, dtype=dtype)
     return low + (high - low) * torch.rand(size, generator=generator, device=device, dtype=dtype)

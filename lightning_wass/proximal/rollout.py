@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lightning_wass._validation import check_int, check_positive
+from lightning_wass._validation import check_callable, check_int, check_number, check_positive, check_tensor
 
 Potential = Callable[[Tensor, Tensor], Tensor]
 
@@ -42,9 +42,13 @@ __all__ = [
 
 def evaluate_potential(potential: Potential, x: Tensor, t: Tensor | float) -> Tensor:
     """``potential(x, t)`` as a ``(N,)`` tensor; ``t`` may be a number (the same time for every sample)."""
+    check_callable("potential", potential)
+    check_tensor("x", x, shape="(N, *data_shape)", allow_empty=True, finite=False)
     n = x.shape[0]
     if not isinstance(t, Tensor):
-        t = torch.full((n,), float(t), device=x.device, dtype=x.dtype)
+        t = torch.full((n,), check_number("t", t), device=x.device, dtype=x.dtype)
+    elif t.numel() not in (1, n):
+        raise ValueError(f"t must be a number, or hold one time per sample ({n}) or a single time; got shape {tuple(t.shape)}")
     out = potential(x, t)
     if out.numel() != n:
         raise ValueError(
@@ -67,6 +71,7 @@ def potential_gradient(potential: Potential, x: Tensor, t: Tensor | float, *, cr
             "potential_gradient needs autograd: call it under torch.enable_grad() (and "
             "torch.inference_mode(False) inside a Lightning evaluation loop)"
         )
+    check_tensor("x", x, shape="(N, *data_shape)", allow_empty=True, allow_integer=False, finite=False)
     if not create_graph or not x.requires_grad:
         x = x.detach().requires_grad_(True)
     u = evaluate_potential(potential, x, t)
@@ -121,6 +126,8 @@ def euler_rollout(
     T = check_positive("T", T)
     num_steps = check_int("num_steps", num_steps, minimum=1)
     alpha = check_positive("alpha", alpha)
+    check_callable("potential", potential)
+    check_tensor("x0", x0, shape="(N, *data_shape)", item="sample", allow_integer=False, finite=False)
     dt = T / num_steps
     x = x0 if create_graph else x0.detach()
     states, gradients, times = [x], [], []
@@ -143,8 +150,12 @@ def kinetic_energy(gradients: list[Tensor], dt: float, alpha: float) -> Tensor:
     W2 proximal term of the loss is ``alpha * KE``. The paper's figures use the official code's
     evaluation points ``(x_{k+1}, t_k)``: :func:`lightning_wass.proximal.indicators.kinetic_energy_official`. Differentiable when the gradients are.
     """
+    if isinstance(gradients, Tensor) or not isinstance(gradients, Sequence):
+        raise TypeError(f"gradients must be the list of per-step gradients (Rollout.gradients), got {type(gradients).__name__}")
     if len(gradients) == 0:
-        raise ValueError("kinetic_energy needs at least one gradient (one Euler step)")
+        raise ValueError("gradients must hold at least one gradient (one Euler step) for kinetic_energy")
+    dt = check_positive("dt", dt)
+    alpha = check_positive("alpha", alpha)
     total = gradients[0].new_zeros(())
     for grad in gradients:
         total = total + dt * grad.flatten(1).pow(2).sum(1).mean() / (2.0 * alpha**2)
@@ -160,19 +171,27 @@ def excess_path_length(states: list[Tensor] | Tensor) -> Tensor:
     the straight lines. A ratio of totals, not a mean of per-path ratios, so that points that barely
     move (tiny chords) do not dominate it. Zero when nothing moves.
     """
-    lengths, chords = path_lengths(states)
+    lengths, chords = path_lengths(states, name="states")
     length, chord = lengths.sum(), chords.sum()
     if float(chord) == 0.0:
         return chord.new_zeros(())
     return length / chord - 1.0
 
 
-def path_lengths(states: Sequence[Tensor] | Tensor) -> tuple[Tensor, Tensor]:
+def path_lengths(states: Sequence[Tensor] | Tensor, *, name: str = "trajectories") -> tuple[Tensor, Tensor]:
     """Per trajectory: the path length ``sum_k ||x_{k+1}^i - x_k^i||`` and the chord
     ``||x_K^i - x_0^i||`` (detached, each of shape ``(N,)``), from ``(K + 1, N, *data_shape)``
-    or the list of states. The one place the straightness measures compute lengths."""
-    path = states.detach() if isinstance(states, Tensor) else torch.stack([s.detach() for s in states])
+    or the list of states. The one place the straightness measures compute lengths. ``name`` is
+    the argument the messages name."""
+    if isinstance(states, Tensor):
+        path = states.detach()
+    elif isinstance(states, Sequence) and all(isinstance(s, Tensor) for s in states):
+        if len(states) < 2:
+            raise ValueError(f"{name} must hold the K + 1 >= 2 states x_0 .. x_K of a rollout, got {len(states)}")
+        path = torch.stack([s.detach() for s in states])
+    else:
+        raise TypeError(f"{name} must be a tensor of shape (K + 1, n, *data_shape) or a list of states, got {type(states).__name__}")
     if path.dim() < 3 or path.shape[0] < 2:
-        raise ValueError(f"trajectories must have shape (K + 1, n, *data_shape) with K >= 1, got {tuple(path.shape)}")
+        raise ValueError(f"{name} must have shape (K + 1, n, *data_shape) with K >= 1, got {tuple(path.shape)}")
     flat = path.flatten(2)  # (K + 1, N, D)
     return (flat[1:] - flat[:-1]).norm(dim=2).sum(0), (flat[-1] - flat[0]).norm(dim=1)
