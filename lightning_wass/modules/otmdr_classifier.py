@@ -52,6 +52,7 @@ from lightning_wass.modules.classifier_metrics import (
 from lightning_wass.nn.bayesian import bayesian_parameter_groups, is_bayesian, kl_divergence, shared_noise
 from lightning_wass.nn.classifiers import Ensemble
 from lightning_wass.optim import OTMDR, SAM
+from lightning_wass.optim.otmdr import CHAIN_DIRECTIONS, NORM_STATS_FREEZES, PARTICLE_REDUCTIONS
 from lightning_wass.optim._perturbation import mix_seed
 from lightning_wass.optim.passes import PassInfo
 from lightning_wass.plugins.sam_precision import SAMMixedPrecision
@@ -149,7 +150,7 @@ class OTMDRClassifier(CheckpointedModule, pl.LightningModule):
         self.method = check_choice("method", method, METHODS)
         check_choice("base_optimizer", base_optimizer, BASE_OPTIMIZERS)
         check_positive("lr", lr)
-        check_positive("momentum", momentum, allow_zero=True)
+        check_fraction("momentum", momentum)
         check_positive("weight_decay", weight_decay, allow_zero=True)
         check_choice("scheduler", scheduler, SCHEDULERS)
         check_int("plateau_patience", plateau_patience, minimum=0)
@@ -166,6 +167,12 @@ class OTMDRClassifier(CheckpointedModule, pl.LightningModule):
             self.rho = (check_positive("rho", rho, allow_zero=True),) * (1 if self.method == "sam" else steps)
         check_int("num_particles", num_particles, minimum=1)
         check_positive("noise_std", noise_std, allow_zero=True)
+        if chunked_ascent is not None and not isinstance(chunked_ascent, bool):
+            raise TypeError(f"chunked_ascent must be True, False or None, got {chunked_ascent!r}")
+        check_choice("chain_direction", chain_direction, CHAIN_DIRECTIONS)
+        check_choice("particle_reduction", particle_reduction, PARTICLE_REDUCTIONS)
+        if freeze_norm_stats not in NORM_STATS_FREEZES:
+            raise ValueError(f"freeze_norm_stats must be True, False or 'final_passes', got {freeze_norm_stats!r}")
         check_positive("kl_weight", kl_weight, allow_zero=True)
         if train_size is not None:
             check_int("train_size", train_size, minimum=1)

@@ -84,7 +84,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_wass.checkpoints import CheckpointedModule
-from lightning_wass._validation import check_choice, check_data_batch, check_int, check_positive, raise_if_diverged
+from lightning_wass._validation import check_betas, check_choice, check_data_batch, check_int, check_positive, raise_if_diverged
 from lightning_wass.datamodules.batch import unpack_batch
 from lightning_wass.guard import StepCheck, UpdateGuard, rms_ratio
 from lightning_wass.nn.potentials import ConvDiscriminator, ConvPotential, MLPDiscriminator, PotentialMLP
@@ -238,11 +238,7 @@ class W1W2ProximalFlow(CheckpointedModule, pl.LightningModule):
         self.reference_range = check_reference_range(reference_range)
         self.lr_potential = check_positive("lr_potential", lr_potential)
         self.lr_discriminator = check_positive("lr_discriminator", lr_discriminator)
-        if len(betas) != 2:
-            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-        self.betas = tuple(float(b) for b in betas)
-        if not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ValueError(f"betas must lie in [0, 1), got {betas!r}")
+        self.betas = check_betas("betas", betas)
         if flow_alpha is None:
             self.flow_alpha = self.alpha if self.alpha > 0 else 1.0
         else:

@@ -135,7 +135,7 @@ class VAE(CheckpointedModule, pl.LightningModule):
     def check_input(self, x: Tensor) -> Tensor:
         """Raise ``ValueError`` naming both shapes when ``x``'s sample shape is not ``data_shape``."""
         if not isinstance(x, Tensor):
-            raise TypeError(f"VAE input must be a tensor, got {type(x).__name__}")
+            raise TypeError(f"VAE input x must be a tensor, got {type(x).__name__}")
         if tuple(x.shape[1:]) != self.data_shape:
             raise ValueError(
                 f"VAE was built for data_shape={self.data_shape} but got a batch x of shape {tuple(x.shape)} "

@@ -52,7 +52,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_wass._validation import check_choice, check_int, check_positive
+from lightning_wass._validation import check_betas, check_choice, check_int, check_positive, check_shape
 from lightning_wass.datamodules.batch import unpack_batch
 from lightning_wass.losses.w2_flow import (
     adversarial_map,
@@ -143,9 +143,7 @@ class W2GradientFlow(LatentGenerativeModule):
         self.dt = check_positive("dt", dt)
         self.persistent_steps = check_int("persistent_steps", persistent_steps, minimum=1)
         self.lr = check_positive("lr", lr)
-        if len(betas) != 2 or any(not 0 <= float(b) < 1 for b in betas):
-            raise ValueError(f"betas must be a pair (beta1, beta2) in [0, 1), got {betas!r}")
-        self.betas = (float(betas[0]), float(betas[1]))
+        self.betas = check_betas("betas", betas)
         self.transport = check_choice("transport", transport, TRANSPORTS)
         if potential_steps is None:
             potential_steps = DEFAULT_POTENTIAL_STEPS.get(transport, 5)
@@ -171,9 +169,7 @@ class W2GradientFlow(LatentGenerativeModule):
 
     # ------------------------------------------------------------------ networks
     def _build(self, data_shape: Sequence[int]) -> None:
-        shape = tuple(check_int("data_shape entry", int(s), minimum=1) for s in data_shape)
-        if not shape:
-            raise ValueError("data_shape must have at least one dimension, e.g. [2] or [1, 28, 28]")
+        shape = check_shape("data_shape", data_shape)
         self.data_shape = shape
         if self.latent_dim is None:
             self.latent_dim = default_latent_dim(shape)

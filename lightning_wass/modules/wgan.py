@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrize import is_parametrized
 
-from lightning_wass._validation import check_choice, check_int, check_positive
+from lightning_wass._validation import check_betas, check_choice, check_int, check_positive, check_shape
 from lightning_wass.datamodules.batch import unpack_batch
 from lightning_wass.losses.critic import clip_weights, critic_gap, generator_loss, gradient_penalty
 from lightning_wass.modules.generative import LatentGenerativeModule, default_latent_dim, infer_latent_dim
@@ -99,14 +99,7 @@ class WGAN(LatentGenerativeModule):
         defaults = LIPSCHITZ_DEFAULTS[self.lipschitz]
         self.n_critic = check_int("n_critic", defaults["n_critic"] if n_critic is None else n_critic, minimum=1)
         self.lr = check_positive("lr", defaults["lr"] if lr is None else lr)
-        if betas is not None:
-            if len(betas) != 2:
-                raise ValueError(f"betas must be a pair (beta1, beta2) in [0, 1), got {betas!r}")
-            for b in betas:
-                check_positive("betas", b, allow_zero=True)
-                if b >= 1:
-                    raise ValueError(f"betas must lie in [0, 1), got {betas!r}")
-        self.betas = tuple(betas) if betas is not None else defaults["betas"]
+        self.betas = check_betas("betas", betas) if betas is not None else defaults["betas"]
         self.clip_value = check_positive("clip_value", clip_value)
         self.gp_weight = check_positive("gp_weight", gp_weight, allow_zero=True)
         if generator is not None and not isinstance(generator, nn.Module):
@@ -147,9 +140,7 @@ class WGAN(LatentGenerativeModule):
 
     # ------------------------------------------------------------------ networks
     def _build(self, data_shape: Sequence[int]) -> None:
-        shape = tuple(check_int("data_shape entry", int(s), minimum=1) for s in data_shape)
-        if not shape:
-            raise ValueError("data_shape must have at least one dimension, e.g. [2] or [1, 28, 28]")
+        shape = check_shape("data_shape", data_shape)
         self.data_shape = shape
         if self.latent_dim is None:
             self.latent_dim = default_latent_dim(shape)

@@ -33,6 +33,7 @@ from lightning_wass._validation import (
     check_int,
     check_finite,
     check_positive,
+    check_shape,
 )
 from lightning_wass.datamodules.batch import padding_mask, require_index, unpack_batch
 from lightning_wass.guard import StepCheck, UpdateGuard, rms_norm
@@ -132,7 +133,7 @@ class WorstCaseGenerator(CheckpointedModule, pl.LightningModule):
         check_int("gradient_norm_chunk_size", gradient_norm_chunk_size, minimum=1)
         check_int("seed", seed, minimum=0)
         check_int("model_warmup_steps", model_warmup_steps, minimum=0)
-        hidden = [check_int("transport_hidden width", h, minimum=1) for h in transport_hidden]
+        hidden = list(check_shape("transport_hidden", transport_hidden, allow_empty=True))
         if not isinstance(train_model, bool):
             raise TypeError(f"train_model must be a bool, got {type(train_model).__name__}")
         # a callable loss (a lambda) may not pickle: keep it on the instance, out of the hparams

@@ -176,6 +176,8 @@ class OTMDR(TwoStepAPI, Optimizer):
         max_update_ratio: float | None = 1e3,
         **base_kwargs: Any,
     ) -> None:
+        if not isinstance(params, (Iterable, Tensor)):
+            raise TypeError(f"params must be an iterable of tensors or of param-group dicts (e.g. model.parameters()), got {type(params).__name__}")
         self.max_update_ratio = None if max_update_ratio is None else check_positive("max_update_ratio", max_update_ratio)
         self.num_particles = check_int("num_particles", num_particles, minimum=1)
         if ascent_steps is not None:
