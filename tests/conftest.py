@@ -16,6 +16,15 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _intra_op_threads():
+    """Every test starts with OMP_NUM_THREADS intra-op threads (1 unless set) and cannot leak a change."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    yield
+    torch.set_num_threads(threads)
 SHARED_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist"
 
 

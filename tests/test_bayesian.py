@@ -21,14 +21,6 @@ from lightning_wass.nn import (
 from lightning_wass.optim import OTMDR
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_kl_matches_torch_distributions():
     torch.manual_seed(0)
     layer = BayesLinear(7, 5, prior_sigma=0.3, init_mu_std=0.5, init_rho=-2.0, init_rho_std=0.5)

@@ -16,14 +16,6 @@ from lightning_wass.demo.vae import checkpoint_path, pca_reconstruction_mse
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_vae_demo_part_writes_figures_and_honest_report(tmp_path):
     sections = run_demo(out=tmp_path, parts=["vae"], quick=True)
     (section,) = sections

@@ -11,14 +11,6 @@ from torch import nn
 from lightning_wass import GradientNormStopping, ToyDataModule, WorstCaseGenerator
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class ScriptedNorms(pl.LightningModule):
     """Reports the gradient norms of a script, one evaluation every ``every`` steps."""
 

@@ -17,14 +17,6 @@ LATENT_DIM = 3
 SPLITS = ("train", "val", "test")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_vae(seed: int = 0) -> VAE:
     torch.manual_seed(seed)
     return VAE(data_shape=(1, 8, 8), latent_dim=LATENT_DIM, hidden=(32,))

@@ -17,15 +17,6 @@ from lightning_wass import DivergenceError
 from lightning_wass.optim import OTMDR, SAM
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models: one intra-op thread is fastest, and it keeps timings sane on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_batches(n_batches: int = 6, size: int = 32, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return shared_batches(n_batches, size, seed)
 

@@ -21,14 +21,6 @@ from lightning_wass.nn.bayesian import bayesian_layers
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def digits(num_samples: int | None = 400, batch_size: int = 64) -> DigitsDataModule:
     return DigitsDataModule(batch_size=batch_size, num_samples=num_samples, val_fraction=0.15, test_fraction=0.25, seed=0)
 

@@ -3,7 +3,6 @@ scikit-learn digits against independent baselines, TensorBoard grid, checkpoints
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -16,16 +15,6 @@ from lightning_wass import DigitsDataModule, DivergenceError, TensorDataModule, 
 from lightning_wass.nn.vae_nets import ConvEncoder, MLPEncoder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These networks are tiny: one intra-op thread is several times faster than two (and than
-    oversubscribing a shared machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def quiet_trainer(**kwargs) -> pl.Trainer:

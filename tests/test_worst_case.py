@@ -20,15 +20,6 @@ GAMMA = 0.5
 W_TRUE = torch.tensor([0.6, -0.4])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # these problems are tiny: one intra-op thread is faster and keeps the shared cores free
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def regression_data(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 2, generator=g)
