@@ -319,10 +319,7 @@ class LatentGenerativeModule(CheckpointedModule, pl.LightningModule):
         A diverged step restores the networks, the optimizer states and :attr:`_counters` before
         :class:`~lightning_wass.DivergenceError` propagates, so nothing diverged reaches a checkpoint.
         """
-        guard = self.__dict__.get("_guard")
-        if guard is None:
-            guard = self.__dict__["_guard"] = UpdateGuard()
-        guard.max_update_ratio = self.max_update_ratio
+        guard = UpdateGuard.of(self, self.max_update_ratio)
         return _tracked(self, guard.step(self.where(), owner=self, counters=self._counters))
 
     def check_finite(self, what: str, value: Tensor, hint: str) -> None:

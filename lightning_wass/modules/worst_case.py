@@ -493,10 +493,7 @@ class WorstCaseGenerator(CheckpointedModule, pl.LightningModule):
     """One step may move the model's or the map's parameters at most this many times their norm."""
 
     def _guarded_step(self) -> Any:
-        guard = self.__dict__.get("_guard")
-        if guard is None:
-            guard = self.__dict__["_guard"] = UpdateGuard()
-        guard.max_update_ratio = self.max_update_ratio
+        guard = UpdateGuard.of(self, self.max_update_ratio)
         return guard.step(f"{type(self).__name__} iteration {self.iteration + 1}", owner=self, counters=("iteration",))
 
     def _first_forward(self, v: Tensor) -> Tensor:
