@@ -372,7 +372,7 @@ def run_one(dataset: str, setting: str, steps: int, args: argparse.Namespace) ->
         if dataset == "mnist":
             figures = RESULTS / "proximal_flow_ablation"
             figures.mkdir(parents=True, exist_ok=True)
-            from lightning_wass.proximal.figures import plot_image_strip
+            from lightning_wass.callbacks.figures import plot_image_strip
 
             paths = model.trajectories(4, generator=torch.Generator().manual_seed(args.seed + 3))
             tag = f"{args.out_tag}_" if args.out_tag else ""

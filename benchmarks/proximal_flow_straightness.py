@@ -9,7 +9,7 @@ the start of training, one thread), then measures
   between 2000 generated samples and the 2000 held-out test points, over the sample floor, the
   exact W2 between 2000 training points and the same test points;
 - ``path / chord``: the median over 2000 Euler trajectories (``model.trajectories(2000)``) of the
-  path length over the chord, ``lightning_wass.proximal.median_path_straightness`` (1 = straight);
+  path length over the chord, ``lightning_wass.functional.proximal_flow.median_path_straightness`` (1 = straight);
 
 and, for the record, the module's validation indicators on the test points (ours and the official
 conventions). The acceptance of issue 11: W2 / floor < 2 and path / chord <= 1.1.
@@ -34,7 +34,7 @@ import torch
 
 from lightning_wass import ToyDataModule, W1W2ProximalFlow, wasserstein_distance
 from lightning_wass.modules.proximal_flow import autograd_enabled
-from lightning_wass.proximal import median_path_straightness
+from lightning_wass.functional.proximal_flow import median_path_straightness
 
 RESULTS = Path(__file__).resolve().parent / "results"
 N_EVAL = 2000

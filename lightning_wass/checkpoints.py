@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import inspect
 import os
 import pickle
@@ -370,6 +371,60 @@ def check_ckpt_path(
         return False
     read_checkpoint(text, expected, weights_only=weights_only)
     return True
+
+
+@contextlib.contextmanager
+def _outside_cli_instantiation() -> Iterator[None]:
+    """Let a module built here save its own hyperparameters even inside LightningCLI's instantiation.
+
+    LightningCLI instantiates each class inside a context that makes every ``save_hyperparameters``
+    call record *that* class's config; a module loaded while it is active (the VAE of a
+    LatentDataModule) would record (and be built
+    from) the DataModule's arguments. This clears the context for the duration of the load.
+    """
+    try:
+        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+    except ImportError:  # a Lightning version without the context: nothing to clear
+        yield
+        return
+    token = _given_hyperparameters.set(None)
+    try:
+        yield
+    finally:
+        _given_hyperparameters.reset(token)
+
+
+def _class_that_wrote(checkpoint: Mapping[str, Any], shown: str) -> type:
+    saved = saved_class_path(checkpoint)
+    if saved is None:
+        raise CheckpointError(
+            f"checkpoint {shown!r} does not say which module wrote it (no {MODULE_KEY!r} and no _class_path); "
+            "load it with YourModule.load_from_checkpoint(path) and pass the module instead of the path"
+        )
+    cls = resolve_class(saved)
+    if cls is None and saved.startswith(f"{__package__}."):
+        # Our own package: importing one of its modules by name runs no foreign code.
+        importlib.import_module(saved.rsplit(".", 1)[0])
+        cls = resolve_class(saved)
+    if cls is None or not callable(getattr(cls, "load_from_checkpoint", None)):
+        raise CheckpointError(
+            f"checkpoint {shown!r} was written by {saved}, which is not imported here; import the module "
+            "that defines it first (a checkpoint never imports code by itself)"
+        )
+    return cls
+
+
+def load_module(path: str | os.PathLike[str], *, map_location: Any = None) -> Any:
+    """The LightningModule saved at ``path``, built by the class recorded in it (:data:`MODULE_KEY`).
+
+    For code that takes "a module or its checkpoint" without knowing the class (``LatentDataModule(vae=...)``).
+    The file is checked with :func:`read_checkpoint` first; classes of this package are imported on
+    demand, any other class must already be imported. Safe inside LightningCLI's instantiation.
+    """
+    checkpoint = read_checkpoint(path)
+    cls = _class_that_wrote(checkpoint, str(_as_path(path)))
+    with _outside_cli_instantiation():
+        return cls.load_from_checkpoint(str(path), map_location=map_location)
 
 
 # ----------------------------------------------------------------------------- the mixin

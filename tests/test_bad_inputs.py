@@ -31,8 +31,8 @@ import pytest
 import torch
 from torch import nn
 
-import lightning_wass.losses as L
-import lightning_wass.proximal as P
+import lightning_wass.functional as L
+import lightning_wass.functional.proximal_flow as P
 from lightning_wass import (
     OTMDR,
     read_checkpoint,
@@ -846,13 +846,12 @@ PUBLIC_MODULES = (
     "lightning_wass",
     "lightning_wass.callbacks",
     "lightning_wass.datamodules",
-    "lightning_wass.losses",
+    "lightning_wass.functional",
     "lightning_wass.modules",
     "lightning_wass.nn",
     "lightning_wass.optim",
     "lightning_wass.ot",
     "lightning_wass.plugins",
-    "lightning_wass.proximal",
 )
 
 EXEMPT: dict[str, str] = {

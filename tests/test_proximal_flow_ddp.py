@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lightning_wass import HJResidualStopping, TensorDataModule, W1W2ProximalFlow
-from lightning_wass.modules.proximal_flow import _derived_generator
+from lightning_wass.seeding import seeded_generator
 from lightning_wass.nn.potentials import MLPDiscriminator, PotentialMLP
 
 
@@ -25,7 +25,7 @@ class RecordReplica(pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: W1W2ProximalFlow) -> None:
         stopping = next(c for c in trainer.callbacks if isinstance(c, HJResidualStopping))
         flat = torch.cat([p.detach().flatten() for p in pl_module.parameters()]).double()
-        draw = pl_module.sample_reference(3, _derived_generator(pl_module.device, 0, trainer.global_rank, 0, 0))
+        draw = pl_module.sample_reference(3, seeded_generator(pl_module.device, 0, trainer.global_rank, 0, 0))
         record = {
             "global_step": trainer.global_step,
             "stopped_step": stopping.stopped_step,

@@ -29,7 +29,7 @@ from scipy.optimize import brentq
 
 from lightning_wass import TensorDataModule, W1W2ProximalFlow, wasserstein_distance
 from lightning_wass.nn.potentials import MLPDiscriminator, PotentialMLP
-from lightning_wass.proximal import excess_path_length
+from lightning_wass.functional.proximal_flow import excess_path_length
 
 M = torch.tensor([2.0, 1.0])
 S, T, ALPHA = 0.5, 1.0, 0.2

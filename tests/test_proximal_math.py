@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from lightning_wass.proximal import (
+from lightning_wass.functional.proximal_flow import (
     alpha_dual,
     euler_rollout,
     excess_path_length,

@@ -1,7 +1,7 @@
 """The official code's indicator conventions and the path straightness, against hand computations.
 
 The reference formulas are written out here from ``POT_Flow_GAN.py`` (``generator``,
-``running_cost``, ``loss_terminal``), independently of ``lightning_wass.proximal.indicators``: for
+``running_cost``, ``loss_terminal``), independently of ``lightning_wass.functional.proximal_flow.indicators``: for
 the quadratic potential ``U(x, t) = a(t) ||x||^2 / 2 + b.x`` with ``a(t) = a0 + a1 t`` the gradient
 is ``a(t) x + b`` and the time derivative ``a1 ||x||^2 / 2``, and the Euler rollout
 ``x_{k+1} = x_k - dt (a(t_k) x_k + b) / alpha`` is done by hand in numpy. The official code
@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from lightning_wass import TensorDataModule, W1W2ProximalFlow
 from lightning_wass.nn.potentials import MLPDiscriminator, PotentialMLP
-from lightning_wass.proximal import (
+from lightning_wass.functional.proximal_flow import (
     euler_rollout,
     hj_residual,
     hj_residual_official,

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from lightning_wass import DivergenceError, TensorDataModule, ToyDataModule, W2GradientFlow, WassersteinMonitor
-from lightning_wass.losses import (
+from lightning_wass.functional import (
     adversarial_map,
     forward_euler_targets,
     minibatch_ot_targets,

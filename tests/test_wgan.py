@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from lightning_wass import DivergenceError, TensorDataModule, ToyDataModule, W2GradientFlow, WGAN
-from lightning_wass.losses import critic_gap, gradient_penalty, lipschitz_estimate
+from lightning_wass.functional import critic_gap, gradient_penalty, lipschitz_estimate
 from lightning_wass.nn.gan_nets import MLPCritic, MLPGenerator
 
 

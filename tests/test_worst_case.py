@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_wass import DivergenceError, GradientNormStopping, TensorDataModule, WorstCaseGenerator
 from lightning_wass.nn.transport_map import ResidualTransportMap
-from lightning_wass.wdro import linear_regression_worst_case, robust_linear_regression
+from lightning_wass.functional.worst_case import linear_regression_worst_case, robust_linear_regression
 
 GAMMA = 0.5
 W_TRUE = torch.tensor([0.6, -0.4])

@@ -1,4 +1,4 @@
-"""The pure GDA math of lightning_wass.wdro, checked against autograd and torch.optim references."""
+"""The pure GDA math of lightning_wass.functional.worst_case, checked against autograd and torch.optim references."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from lightning_wass.nn.transport_map import ResidualTransportMap
-from lightning_wass.wdro import (
+from lightning_wass.functional.worst_case import (
     ascent_direction,
     cross_entropy_per_sample,
     gradient_norms,

@@ -18,7 +18,7 @@ Which figures compare with the paper's: only the official-convention ones,
 ``val/hj_residual_official`` and ``val/terminal_error_official`` (evaluated as the official code
 does: at ``(x_{k+1}, t_k)``, with its ``+`` sign and no centring, and the terminal error as
 ``||.||_F / N``, on ``indicator_samples=5000`` reference samples as the official runs;
-:mod:`lightning_wass.proximal.indicators`). Ours, ``val/hj_residual`` and ``val/terminal_error``,
+:mod:`lightning_wass.functional.proximal_flow.indicators`). Ours, ``val/hj_residual`` and ``val/terminal_error``,
 have the sign derived for ``v = -grad U / alpha``, are centred, and the terminal error is a mean
 per-sample norm (about ``sqrt(N)`` times the official figure): they vanish at the optimum of our
 flow, but their absolute values are not the paper's. ``official=True`` monitors the official pair

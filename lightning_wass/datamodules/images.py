@@ -26,6 +26,7 @@ from lightning_wass._validation import check_fraction, check_int
 from lightning_wass.datamodules import augment
 from lightning_wass.datamodules.base import InMemoryDataModule
 from lightning_wass.datamodules.idx import find_file, read_idx
+from lightning_wass.seeding import seeded_generator
 
 
 class TorchvisionImageDataModule(InMemoryDataModule):
@@ -337,7 +338,7 @@ class _CIFARDataModule(TorchvisionImageDataModule):
         loop = trainer.fit_loop
         batch = loop.epoch_loop.batch_progress.current.ready
         parts = (self.seed, trainer.current_epoch, batch, trainer.global_rank)
-        return torch.Generator().manual_seed(hash(parts) % (2**62))
+        return seeded_generator(None, *parts)
 
     def transform_batch(self, x: Tensor, training: bool) -> Tensor:
         """The recipe above on a float batch ``(N, 3, H, W)`` in ``[0, 1]``."""

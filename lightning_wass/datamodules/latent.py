@@ -16,12 +16,10 @@ again, with a ``UserWarning`` naming the file and what was wrong.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +28,9 @@ import torch
 from torch import Tensor, nn
 
 from lightning_wass._validation import check_finite, check_int, check_path
-from lightning_wass.checkpoints import CheckpointError, read_torch_file, save_atomically
+from lightning_wass.checkpoints import CheckpointError, load_module, read_torch_file, save_atomically
 from lightning_wass.datamodules.base import SPLITS, InMemoryDataModule
+from lightning_wass.nn.modes import eval_mode
 
 CACHE_FORMAT = 1
 
@@ -65,39 +64,16 @@ def checkpoint_file(path: str | Path) -> Path:
     return path
 
 
-@contextlib.contextmanager
-def _outside_cli_instantiation() -> Iterator[None]:
-    """Let a module built here save its own hyperparameters even inside LightningCLI's instantiation.
-
-    LightningCLI instantiates each class inside a context that makes every ``save_hyperparameters``
-    call record *that* class's config; a VAE loaded while it is active would record (and be built
-    from) the DataModule's arguments. This clears the context for the duration of the load.
-    """
-    try:
-        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
-    except ImportError:  # a Lightning version without the context: nothing to clear
-        yield
-        return
-    token = _given_hyperparameters.set(None)
-    try:
-        yield
-    finally:
-        _given_hyperparameters.reset(token)
-
-
 def load_vae(vae: Any) -> pl.LightningModule:
-    """A VAE-like module from a module or a checkpoint path (loaded with ``VAE.load_from_checkpoint``).
+    """A VAE-like module from a module or a checkpoint path (built by the class that wrote it).
 
     A VAE-like module has ``embed(x) -> z`` and ``decode(z) -> x`` (:class:`~lightning_wass.modules.VAE`
-    and its subclasses). A damaged checkpoint or another module's is a
-    :class:`~lightning_wass.checkpoints.CheckpointError` (a ``ValueError``) naming the path.
+    and its subclasses, or a user's own module). A path is loaded with
+    :func:`~lightning_wass.checkpoints.load_module`; a damaged checkpoint or one that does not say who
+    wrote it is a :class:`~lightning_wass.checkpoints.CheckpointError` (a ``ValueError``) naming the path.
     """
     if isinstance(vae, (str, Path)):
-        path = checkpoint_file(vae)
-        from lightning_wass.modules.vae import VAE
-
-        with _outside_cli_instantiation():
-            vae = VAE.load_from_checkpoint(str(path), map_location="cpu")
+        vae = load_module(checkpoint_file(vae), map_location="cpu")
     if not isinstance(vae, nn.Module) or not callable(getattr(vae, "embed", None)) or not callable(getattr(vae, "decode", None)):
         raise TypeError(
             "vae must be a VAE module (anything with embed(x) and decode(z)) or a checkpoint path, "
@@ -207,13 +183,9 @@ class LatentDataModule(InMemoryDataModule):
     @torch.no_grad()
     def encode(self, x: Tensor) -> Tensor:
         """``vae.embed(x)`` in eval mode, in batches of ``encode_batch_size``, returned on the CPU as float32."""
-        was_training = self.vae.training
-        self.vae.eval()
-        try:
+        with eval_mode(self.vae):
             device = next(self.vae.parameters()).device
             codes = [self.vae.embed(chunk.to(device)).float().cpu() for chunk in x.split(self.encode_batch_size)]
-        finally:
-            self.vae.train(was_training)
         return torch.cat(codes) if codes else torch.zeros(0, 0)
 
     def _encode_split(self, split: str, path: Path) -> None:
@@ -273,13 +245,9 @@ class LatentDataModule(InMemoryDataModule):
     @torch.no_grad()
     def decode(self, z: Tensor) -> Tensor:
         """Images ``vae.decode(z)`` in ``[0, 1]``, shape ``(N, *image shape)``, on ``z``'s device."""
-        was_training = self.vae.training
-        self.vae.eval()
-        try:
+        with eval_mode(self.vae):
             device = next(self.vae.parameters()).device
             return self.vae.decode(z.to(device)).to(z.device)
-        finally:
-            self.vae.train(was_training)
 
     def image_tensors(self, split: str = "train") -> tuple[Tensor, Tensor | None]:
         """The images (and labels) whose codes are ``tensors(split)``, in the same order."""

@@ -82,6 +82,7 @@ from torch import Tensor
 
 from lightning_wass._validation import check_bool, check_choice, check_int, check_positive
 from lightning_wass.datamodules.base import SPLITS, InMemoryDataModule
+from lightning_wass.seeding import seeded_generator
 
 TOY_NAMES = (
     "8gaussians",
@@ -294,12 +295,10 @@ def sample_toy(
 def split_generator(seed: int, split: str) -> torch.Generator:
     """An independent generator for ``split`` of a DataModule seeded with ``seed``.
 
-    Seeds come from ``numpy.random.SeedSequence((seed mod 2**64, split number))``, so every
-    ``(seed, split)`` pair has its own stream and no split of one seed repeats a split of another.
+    Seeded by ``lightning_wass.seeding.mix_seed(seed, split number)``, so every ``(seed, split)``
+    pair has its own stream and no split of one seed repeats a split of another.
     """
-    entropy = (int(seed) % 2**64, SPLITS.index(split))
-    state = np.random.SeedSequence(entropy).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+    return seeded_generator(None, seed, SPLITS.index(split))
 
 
 class ToyDataModule(InMemoryDataModule):

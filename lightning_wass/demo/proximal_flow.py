@@ -28,9 +28,9 @@ from lightning_wass.demo.context import DemoContext, DemoSection
 from lightning_wass.modules.proximal_flow import W1W2ProximalFlow
 from lightning_wass.nn.potentials import MLPDiscriminator, PotentialMLP
 from lightning_wass.ot import wasserstein_distance
-from lightning_wass.proximal.figures import plot_indicator_curves, plot_trajectories_2d
-from lightning_wass.proximal.indicators import median_path_straightness
-from lightning_wass.proximal.rollout import excess_path_length
+from lightning_wass.callbacks.figures import plot_indicator_curves, plot_trajectories_2d
+from lightning_wass.functional.proximal_flow.indicators import median_path_straightness
+from lightning_wass.functional.proximal_flow.rollout import excess_path_length
 
 HIDDEN = (64, 64, 64)
 FULL = {"potential_steps": 400, "validations": 16, "samples": 1000}

@@ -5,7 +5,7 @@ Two runs of :class:`~lightning_wass.WorstCaseGenerator`:
 1. the paper's 2-D regression (``n = 200`` points ``(x, y)``, a linear model, squared loss) with the
    paper's step sizes, stopped by :class:`~lightning_wass.callbacks.GradientNormStopping` at
    ``tol = 1e-5``; the GDA fixed point is compared with the closed form
-   (:func:`lightning_wass.wdro.robust_linear_regression`), and the target-conditioned transport map
+   (:func:`lightning_wass.functional.worst_case.robust_linear_regression`), and the target-conditioned transport map
    with the exact worst case of held-out points;
 2. scikit-learn's 8x8 digits in an 8-d VAE latent space: a classifier on the latents trained on clean
    codes (warm-up), then the min-max; decoded interpolations ``z -> T(z)`` of test digits with the
@@ -31,7 +31,7 @@ from lightning_wass.demo.context import DemoContext, DemoSection
 from lightning_wass.modules.vae import VAE
 from lightning_wass.modules.worst_case import WorstCaseGenerator
 from lightning_wass.nn.mlp import MLP
-from lightning_wass.wdro import linear_regression_worst_case, robust_linear_regression
+from lightning_wass.functional.worst_case import linear_regression_worst_case, robust_linear_regression
 
 REGRESSION_GAMMA = 0.3
 DIGITS_GAMMA = 8.0

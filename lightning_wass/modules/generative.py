@@ -51,6 +51,8 @@ from lightning_wass._validation import check_data_batch, check_int, raise_if_div
 from lightning_wass.datamodules.batch import unpack_batch
 from lightning_wass.guard import StepCheck, UpdateGuard, rms_ratio
 from lightning_wass.nn.gan_nets import is_image_shape
+from lightning_wass.nn.modes import eval_mode
+from lightning_wass.seeding import seeded_generator
 
 __all__ = [
     "GenerativeModel",
@@ -129,15 +131,9 @@ def draw_samples(module: nn.Module, n: int, *, seed: int = 0) -> Tensor:
             "with sample(n: int) -> Tensor of shape (n, *data_shape) (see lightning_wass.modules.generative)"
         )
     n = check_int("num_samples", n, minimum=1)
-    modes = {m: m.training for m in module.modules()}
     device = next((p.device for p in module.parameters()), None)
-    module.eval()
-    try:
-        with torch.no_grad(), isolated_rng(seed, device):
-            x = module.sample(n)
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
+    with eval_mode(module), torch.no_grad(), isolated_rng(seed, device):
+        x = module.sample(n)
     if not isinstance(x, Tensor) or x.ndim < 1 or x.shape[0] != n:
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
         raise ValueError(f"{type(module).__name__}.sample({n}) must return a tensor with {n} rows, got {shape}")
@@ -228,12 +224,6 @@ def _tracked(module: nn.Module, step: contextlib.AbstractContextManager[StepChec
             module.__dict__["_check"] = None
 
 
-def _mixed_seed(*parts: int) -> int:
-    """A 63-bit seed mixing ``parts`` (numpy's SeedSequence), for independent noise streams."""
-    state = np.random.SeedSequence([int(p) % 2**63 for p in parts]).generate_state(2, dtype=np.uint32)
-    return (int(state[0]) << 31) ^ int(state[1])
-
-
 # ----------------------------------------------------------------------------- shared base class
 class LatentGenerativeModule(CheckpointedModule, pl.LightningModule):
     """Base of latent-noise generators ``x = G(z)``, ``z ~ N(0, I_latent_dim)``.
@@ -281,14 +271,14 @@ class LatentGenerativeModule(CheckpointedModule, pl.LightningModule):
         """Training noise ``z`` of shape ``(n, latent_dim)`` from the stream ``(seed, rank, draw)``."""
         assert self.latent_dim is not None
         rank = self.global_rank if self._trainer is not None else 0
-        generator = torch.Generator(device=self.device).manual_seed(_mixed_seed(self.seed, rank, self._draws))
+        generator = seeded_generator(self.device, self.seed, rank, self._draws)
         self._draws += 1
         return torch.randn(n, self.latent_dim, generator=generator, device=self.device)
 
     def uniform(self, n: int) -> Tensor:
         """Uniform ``[0, 1)`` numbers of shape ``(n,)`` from the same reproducible stream as :meth:`noise`."""
         rank = self.global_rank if self._trainer is not None else 0
-        generator = torch.Generator(device=self.device).manual_seed(_mixed_seed(self.seed, rank, self._draws, 1))
+        generator = seeded_generator(self.device, self.seed, rank, self._draws, 1)
         self._draws += 1
         return torch.rand(n, generator=generator, device=self.device)
 

@@ -53,7 +53,7 @@ from lightning_wass.nn.bayesian import bayesian_parameter_groups, is_bayesian, k
 from lightning_wass.nn.classifiers import Ensemble
 from lightning_wass.optim import OTMDR, SAM
 from lightning_wass.optim.otmdr import CHAIN_DIRECTIONS, NORM_STATS_FREEZES, PARTICLE_REDUCTIONS
-from lightning_wass.optim._perturbation import mix_seed
+from lightning_wass.seeding import mix_seed
 from lightning_wass.optim.passes import PassInfo
 from lightning_wass.plugins.sam_precision import SAMMixedPrecision
 

@@ -9,7 +9,7 @@ forward Euler, ``x_{k+1} = x_k - dt grad_x U(x_k, t_k) / alpha`` (``K = num_step
 - the **W2 proximal** ``alpha * KE`` (Benamou-Brenier kinetic energy) makes the optimal trajectories
   straight lines and the flow unique; ``alpha = 0`` switches it off;
 - the **W1 proximal** ``D_f^L`` is the f-divergence with its discriminator restricted to
-  ``L``-Lipschitz functions (:mod:`lightning_wass.proximal.divergences`), enforced by the one-sided
+  ``L``-Lipschitz functions (:mod:`lightning_wass.functional.proximal_flow.divergences`), enforced by the one-sided
   gradient penalty ``gp_weight * mean max(0, ||grad phi||^2 - L^2)``; it stays finite for data on a
   low-dimensional manifold; ``L = None`` switches it off.
 
@@ -37,7 +37,7 @@ in 7 and 12 dimensions), lr 1e-4 (U) / 2e-5 (phi), T 1, dt 0.2, a 5-layer tanh U
 ReLU phi (48 wide by default, 64 on the README's Pinwheel lines), 25,000 iterations;
 ``examples/*_official.yaml`` set them.
 
-Validation logs the optimality indicators (:mod:`lightning_wass.proximal.indicators`, where the
+Validation logs the optimality indicators (:mod:`lightning_wass.functional.proximal_flow.indicators`, where the
 sign of the Hamilton-Jacobi residual is derived for this flow convention): ``val/hj_residual``,
 ``val/terminal_error`` and their scale-free versions ``val/hj_residual_relative`` and
 ``val/terminal_error_relative`` (see :meth:`optimality_indicators`), ``val/kinetic_energy``; the
@@ -88,8 +88,8 @@ from lightning_wass._validation import check_betas, check_choice, check_data_bat
 from lightning_wass.datamodules.batch import unpack_batch
 from lightning_wass.guard import StepCheck, UpdateGuard, rms_ratio
 from lightning_wass.nn.potentials import ConvDiscriminator, ConvPotential, MLPDiscriminator, PotentialMLP
-from lightning_wass.proximal.divergences import DIVERGENCES, f_divergence_dual, lipschitz_penalty
-from lightning_wass.proximal.indicators import (
+from lightning_wass.functional.proximal_flow.divergences import DIVERGENCES, f_divergence_dual, lipschitz_penalty
+from lightning_wass.functional.proximal_flow.indicators import (
     hj_residual,
     hj_residual_official,
     kinetic_energy_official,
@@ -97,8 +97,9 @@ from lightning_wass.proximal.indicators import (
     terminal_error,
     terminal_error_official,
 )
-from lightning_wass.proximal.reference import REFERENCES, check_reference_range, sample_reference
-from lightning_wass.proximal.rollout import Rollout, euler_rollout, excess_path_length, kinetic_energy, potential_gradient
+from lightning_wass.functional.proximal_flow.reference import REFERENCES, check_reference_range, sample_reference
+from lightning_wass.functional.proximal_flow.rollout import Rollout, euler_rollout, excess_path_length, kinetic_energy, potential_gradient
+from lightning_wass.seeding import seeded_generator
 
 __all__ = ["W1W2ProximalFlow", "autograd_enabled", "default_discriminator", "default_potential"]
 
@@ -152,12 +153,6 @@ def _zero_touch(module: nn.Module) -> Tensor:
     return 0.0 * torch.stack(terms).sum() if terms else torch.zeros(())
 
 
-def _derived_generator(device: torch.device, *keys: int) -> torch.Generator:
-    """A generator on ``device`` seeded from ``keys`` (independent streams per key tuple)."""
-    state = np.random.SeedSequence([int(k) % 2**63 for k in keys]).generate_state(2, dtype=np.uint32)
-    return torch.Generator(device=device).manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
-
-
 class W1W2ProximalFlow(CheckpointedModule, pl.LightningModule):
     """Potential-driven generative flow with W1 and W2 proximals (arXiv:2407.11901).
 
@@ -185,7 +180,7 @@ class W1W2ProximalFlow(CheckpointedModule, pl.LightningModule):
             ``alpha = 0`` to keep the same parametrisation of the flow (the official W1-only runs
             do). The indicators use it in place of ``alpha``.
         center_hj: centre the HJ residual per time step (gauge-free; see
-            :mod:`lightning_wass.proximal.indicators`).
+            :mod:`lightning_wass.functional.proximal_flow.indicators`).
         indicator_samples: reference samples the validation indicators are computed on, per
             validation batch; ``None`` = the batch's size. ``terminal_error_official`` scales as
             ``1 / sqrt(N)`` with it: the official code evaluates on ``N = 5000``.
@@ -340,7 +335,7 @@ class W1W2ProximalFlow(CheckpointedModule, pl.LightningModule):
     def optimality_indicators(self, real: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Indicators on a batch of data ``real`` (autograd must be on). Returns detached scalars.
 
-        ``hj_residual`` and ``terminal_error`` are those of :mod:`lightning_wass.proximal.indicators`
+        ``hj_residual`` and ``terminal_error`` are those of :mod:`lightning_wass.functional.proximal_flow.indicators`
         for ``U = value_potential`` and ``alpha = indicator_alpha``. Their scale-free versions divide
         by what they balance: ``hj_residual_relative = hj_residual / (alpha * kinetic_energy)``
         (``alpha KE = sum_k dt mean ||grad U||^2 / (2 alpha)``, the size of the Hamiltonian term) and
@@ -348,7 +343,7 @@ class W1W2ProximalFlow(CheckpointedModule, pl.LightningModule):
         denominator vanishes (a flow that does not move is not optimal).
 
         ``kinetic_energy_official``, ``hj_residual_official`` and ``terminal_error_official`` are the
-        official code's figures (:func:`~lightning_wass.proximal.indicators.kinetic_energy_official`
+        official code's figures (:func:`~lightning_wass.functional.proximal_flow.indicators.kinetic_energy_official`
         and the others: evaluated at ``(x_{k+1}, t_k)``, ``+`` sign, no centring, terminal error
         ``||.||_F / N``), the ones to put next to the paper's numbers (with
         ``indicator_samples=5000``, the official ``N``). ``path_straightness`` is the median path
@@ -440,7 +435,7 @@ class W1W2ProximalFlow(CheckpointedModule, pl.LightningModule):
         n = real.shape[0]
         opt_phi, opt_u = self.optimizers()  # type: ignore[misc]
         step = self.global_step
-        gen = _derived_generator(self.device, self.seed, self._rank(), step, _STREAM_DISCRIMINATOR)
+        gen = seeded_generator(self.device, self.seed, self._rank(), step, _STREAM_DISCRIMINATOR)
         check.finite("the training batch", real, "clean the data (NaN or Inf in the inputs)", error=ValueError)
 
         # Discriminator (ascent on the dual objective, with the Lipschitz penalty).
@@ -461,7 +456,7 @@ class W1W2ProximalFlow(CheckpointedModule, pl.LightningModule):
         if self.critic_steps % self.n_critic != 0:
             return
         # Potential (descent through the unrolled Euler steps).
-        gen_u = _derived_generator(self.device, self.seed, self._rank(), step, _STREAM_POTENTIAL)
+        gen_u = seeded_generator(self.device, self.seed, self._rank(), step, _STREAM_POTENTIAL)
         rollout = self.flow(self.sample_reference(n, gen_u), create_graph=True)
         parts_u = self.potential_loss(rollout)
         check.finite("the potential loss", parts_u["loss"], self.divergence_hint())
@@ -482,7 +477,7 @@ class W1W2ProximalFlow(CheckpointedModule, pl.LightningModule):
         # autograd back on here, and clone the batch (inference tensors cannot enter autograd).
         with autograd_enabled():
             real = unpack_batch(batch).x.clone()
-            gen = _derived_generator(self.device, self.seed, self._rank(), batch_idx, _STREAM_VALIDATION)
+            gen = seeded_generator(self.device, self.seed, self._rank(), batch_idx, _STREAM_VALIDATION)
             indicators = self.optimality_indicators(real, gen)
         for name, value in indicators.items():
             raise_if_diverged(f"validation {name}", value, where=self._where(), hint=self.divergence_hint())

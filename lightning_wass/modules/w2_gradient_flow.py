@@ -25,7 +25,7 @@ size, by one of three estimators (``transport=``):
   with ``psi = -phi + eps`` parametrised as in W2-GAN (two networks, ``potential`` = ``phi`` on the
   data side and ``potential_correction`` = ``eps``), ``lambda = dual_penalty``, ``potential_steps``
   Adam steps per outer iteration (warm-started), and ``T(y) = y - grad psi(y)``
-  (:func:`lightning_wass.losses.w2gan_dual_loss`). The W2-FE authors' code moves the generated
+  (:func:`lightning_wass.functional.w2gan_dual_loss`). The W2-FE authors' code moves the generated
   points along ``+grad phi(y)`` instead (the data-side potential's gradient at generated points),
   which equals ``-grad psi(y)`` only where ``eps`` is flat; on two Gaussians with a non-trivial
   linear map it is several times further from the closed-form map than ``y - grad psi(y)``, so we
@@ -54,7 +54,7 @@ from torch import Tensor, nn
 
 from lightning_wass._validation import check_betas, check_choice, check_int, check_positive, check_shape
 from lightning_wass.datamodules.batch import unpack_batch
-from lightning_wass.losses.w2_flow import (
+from lightning_wass.functional.w2_gradient_flow import (
     adversarial_map,
     forward_euler_targets,
     minibatch_ot_targets,

@@ -32,7 +32,7 @@ from torch.nn.utils.parametrize import is_parametrized
 
 from lightning_wass._validation import check_betas, check_choice, check_int, check_positive, check_shape
 from lightning_wass.datamodules.batch import unpack_batch
-from lightning_wass.losses.critic import clip_weights, critic_gap, generator_loss, gradient_penalty
+from lightning_wass.functional.wgan import clip_weights, critic_gap, generator_loss, gradient_penalty
 from lightning_wass.modules.generative import LatentGenerativeModule, default_latent_dim, infer_latent_dim
 from lightning_wass.nn.gan_nets import (
     apply_spectral_norm,

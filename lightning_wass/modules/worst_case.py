@@ -13,7 +13,7 @@ each iteration takes a batch of indices and, from one forward/backward pass (sim
     transport map      Adam step on  mean_j ||T_phi(x_j) - v_j||^2  over m' random particles
 
 ``T_phi(x) = x + R_phi(x)`` (last layer zero: the identity at the start) generalises the worst case
-to points outside the training set. The math lives in :mod:`lightning_wass.wdro`; this module
+to points outside the training set. The math lives in :mod:`lightning_wass.functional.worst_case`; this module
 orchestrates it (what steps when, DDP, checkpoints, logging).
 """
 
@@ -38,16 +38,17 @@ from lightning_wass._validation import (
 from lightning_wass.datamodules.batch import padding_mask, require_index, unpack_batch
 from lightning_wass.guard import StepCheck, UpdateGuard, rms_norm
 from lightning_wass.modules.worst_case_particles import ParticleTable, WorstCaseParticles
+from lightning_wass.nn.modes import eval_mode
 from lightning_wass.nn.transport_map import ResidualTransportMap
-from lightning_wass.wdro import (
+from lightning_wass.functional.worst_case import (
     ascent_direction,
     checked_losses,
-    eval_mode,
     gradient_norms,
     heavy_ball_ascent,
     resolve_loss,
     squared_distance,
 )
+from lightning_wass.seeding import seeded_generator
 
 SUPPORTED_PRECISIONS = ("32-true", "32", "64-true", "64", "bf16-mixed")
 
@@ -437,7 +438,7 @@ class WorstCaseGenerator(CheckpointedModule, pl.LightningModule):
         k = self.hparams.transport_batch_size
         # a fresh CPU generator (a few microseconds; one kept on the module would not survive
         # ddp_spawn's shared-memory pickling of the module)
-        generator = torch.Generator().manual_seed(self.hparams.seed * 1_000_003 + self.iteration)
+        generator = seeded_generator(None, self.hparams.seed, self.iteration)
         if not table.complete:
             ordered = torch.sort(global_index).values
             if k < ordered.shape[0]:
@@ -579,7 +580,7 @@ class WorstCaseGenerator(CheckpointedModule, pl.LightningModule):
 
     # ================================================================== optimality
     def compute_gradient_norms(self) -> dict[str, Tensor]:
-        """``GN_theta`` and ``GN_T`` over all particles (see :func:`lightning_wass.wdro.gradient_norms`).
+        """``GN_theta`` and ``GN_T`` over all particles (see :func:`lightning_wass.functional.worst_case.gradient_norms`).
 
         Under DDP each rank evaluates a strided share of the particles and the sums are all-reduced.
         ``GN_theta`` is absent for a frozen model.

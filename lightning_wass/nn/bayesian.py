@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_wass._validation import check_int, check_module, check_number, check_positive
+from lightning_wass.seeding import mix_seed, seeded_generator
 
 
 class BayesianModule(nn.Module):
@@ -72,7 +73,7 @@ class BayesianModule(nn.Module):
         if self.noise_seed is None:
             eps = torch.randn_like(mu)
         else:
-            generator = torch.Generator(device=mu.device).manual_seed(self.noise_seed + offset)
+            generator = seeded_generator(mu.device, self.noise_seed, offset)
             eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         return mu + self.sigma(name) * eps
 
@@ -203,7 +204,7 @@ def shared_noise(module: nn.Module, seed: int) -> Iterator[None]:
     previous = [layer.noise_seed for layer in layers]
     try:
         for i, layer in enumerate(layers):
-            layer.noise_seed = (seed * 1_000_003 + 7919 * i) % (2**62)
+            layer.noise_seed = mix_seed(seed, i)
         yield
     finally:
         for layer, value in zip(layers, previous):

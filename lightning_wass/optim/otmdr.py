@@ -59,7 +59,8 @@ from lightning_wass._validation import DivergenceError, check_choice, check_int,
 from lightning_wass.optim import _entry_gradients as entry_grads
 from lightning_wass.optim import _grad_scaling as scaling
 from lightning_wass.optim import _options as options
-from lightning_wass.optim import _perturbation as P
+from lightning_wass.functional import otmdr as P
+from lightning_wass.seeding import mix_seed
 from lightning_wass.optim._norm_stats import frozen_running_stats
 from lightning_wass.optim._step_run import Grads, Progress, StepRun
 from lightning_wass.optim._two_step import TwoStepAPI
@@ -400,7 +401,7 @@ class OTMDR(TwoStepAPI, Optimizer):
         """Ascent step ``s`` of particle ``k`` from ``grads``; returns the chain's gradients so far."""
         chained = self.chain_direction != "current"
         terms = history + [grads] if chained else [grads]
-        seed = P.mix_seed(self.seed, run.step_number, k, s, 0, self._seed_rank())
+        seed = mix_seed(self.seed, run.step_number, k, s, 0, self._seed_rank())
         scale = 1.0 / (s + 1) if self.chain_direction == "averaged" else 1.0
         norm = self.ascend(grads, terms, s, seed, direction_scale=scale)
         run.check(f"the gradient norm of particle {k}, ascent step {s}", norm)
@@ -443,7 +444,7 @@ class OTMDR(TwoStepAPI, Optimizer):
                 P.ascend_terms_(ps, term_lists, radius / (host_norm + P.EPS), t)
             else:
                 P.ascend_(ps, P.sum_terms(term_lists), radius / (norm + P.EPS), t)
-            self._noise_source.add_(ps, group["noise_std"], P.mix_seed(noise_seed, j))
+            self._noise_source.add_(ps, group["noise_std"], mix_seed(noise_seed, j))
         return norm
 
     # ------------------------------------------------------------------ one pass
@@ -506,7 +507,7 @@ class OTMDR(TwoStepAPI, Optimizer):
             num_chunks=self.ascent_steps if use_chunks else None,
             step=run.step_number,
             permutation_seed=(
-                P.mix_seed(self.seed, run.step_number, particle, 104729, self._seed_rank())
+                mix_seed(self.seed, run.step_number, particle, 104729, self._seed_rank())
                 if use_chunks and self.num_particles > 1 else None
             ),
             _on_select=self._mark_selected,

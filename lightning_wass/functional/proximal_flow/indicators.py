@@ -89,7 +89,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_wass._validation import check_callable, check_number, check_positive, check_tensor
-from lightning_wass.proximal.rollout import Potential, evaluate_potential, path_lengths, potential_gradient
+from lightning_wass.functional.proximal_flow.rollout import Potential, evaluate_potential, path_lengths, potential_gradient
 
 __all__ = [
     "hj_residual",
@@ -210,7 +210,7 @@ def kinetic_energy_official(potential: Potential, states: Sequence[Tensor], time
     ``POT_Flow_GAN.py``'s ``running_cost(currentx, currentt)`` is called right after the Euler
     update, so ``grad U`` is taken at the new state ``x_{k+1}`` with the old time ``t_k``
     (``Lp = sum(square(grad_U / alpha1)) / (2 N)`` for ``--power 2``, summed over steps and
-    multiplied by ``dt``). Ours (:func:`~lightning_wass.proximal.rollout.kinetic_energy`) uses the
+    multiplied by ``dt``). Ours (:func:`~lightning_wass.functional.proximal_flow.rollout.kinetic_energy`) uses the
     gradients at ``(x_k, t_k)`` that drive the steps.
 
     Args:

@@ -148,7 +148,7 @@ def kinetic_energy(gradients: list[Tensor], dt: float, alpha: float) -> Tensor:
 
     This is the (unweighted) kinetic energy of the flow at the states that drive each step; the
     W2 proximal term of the loss is ``alpha * KE``. The paper's figures use the official code's
-    evaluation points ``(x_{k+1}, t_k)``: :func:`lightning_wass.proximal.indicators.kinetic_energy_official`. Differentiable when the gradients are.
+    evaluation points ``(x_{k+1}, t_k)``: :func:`lightning_wass.functional.proximal_flow.indicators.kinetic_energy_official`. Differentiable when the gradients are.
     """
     if isinstance(gradients, Tensor) or not isinstance(gradients, Sequence):
         raise TypeError(f"gradients must be the list of per-step gradients (Rollout.gradients), got {type(gradients).__name__}")

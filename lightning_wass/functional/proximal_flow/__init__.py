@@ -12,7 +12,7 @@
 :class:`lightning_wass.W1W2ProximalFlow` orchestrates them.
 """
 
-from lightning_wass.proximal.divergences import (
+from lightning_wass.functional.proximal_flow.divergences import (
     DIVERGENCES,
     alpha_dual,
     f_divergence_dual,
@@ -20,7 +20,7 @@ from lightning_wass.proximal.divergences import (
     lipschitz_penalty,
     reverse_kl_dual,
 )
-from lightning_wass.proximal.indicators import (
+from lightning_wass.functional.proximal_flow.indicators import (
     hj_residual,
     hj_residual_official,
     hj_residual_pointwise,
@@ -30,8 +30,8 @@ from lightning_wass.proximal.indicators import (
     terminal_error,
     terminal_error_official,
 )
-from lightning_wass.proximal.reference import REFERENCES, sample_reference
-from lightning_wass.proximal.rollout import (
+from lightning_wass.functional.proximal_flow.reference import REFERENCES, sample_reference
+from lightning_wass.functional.proximal_flow.rollout import (
     Rollout,
     euler_rollout,
     evaluate_potential,

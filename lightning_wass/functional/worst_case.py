@@ -21,14 +21,14 @@ Everything here is plain PyTorch; :class:`lightning_wass.WorstCaseGenerator` orc
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_wass._validation import check_choice, check_int, check_positive
+from lightning_wass.nn.modes import eval_mode
 
 LossFn = Callable[[Tensor, Tensor | None], Tensor]
 """A per-sample loss ``loss(output, target) -> Tensor`` of shape ``(N,)``."""
@@ -88,22 +88,6 @@ def checked_losses(loss_fn: LossFn, output: Tensor, target: Tensor | None, batch
         shape = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
         raise ValueError(f"the loss must return per-sample losses of shape ({batch_size},), got {shape}")
     return losses
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Run ``model`` in eval mode inside the block, then restore every submodule's previous mode.
-
-    Measurement passes (logging, gradient norms) must not update BatchNorm running statistics or
-    consume dropout's random numbers: attaching a logger must not change training.
-    """
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, mode in modes:
-            m.training = mode
 
 
 def squared_distance(v: Tensor, x: Tensor) -> Tensor:

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_wass._validation import check_callable, check_positive, check_tensor
+from lightning_wass.functional.penalties import input_gradient_norms, interpolate
 
 Critic = Callable[[Tensor], Tensor]
 
@@ -45,10 +46,6 @@ def generator_loss(f_gen: Tensor) -> Tensor:
     return -_scores("f_gen", f_gen).mean()
 
 
-def _unit_batch(eps: Tensor, like: Tensor) -> Tensor:
-    return eps.reshape(-1, *([1] * (like.ndim - 1))).to(like)
-
-
 def gradient_penalty(critic: Critic, data: Tensor, generated: Tensor, eps: Tensor, *, target: float = 1.0) -> Tensor:
     """WGAN-GP's penalty ``mean_i (||grad_x f(x_hat_i)||_2 - target)^2`` (without the weight ``lambda``).
 
@@ -65,12 +62,7 @@ def gradient_penalty(critic: Critic, data: Tensor, generated: Tensor, eps: Tenso
         raise ValueError(f"eps must hold one weight per sample ({data.shape[0]}), got shape {tuple(eps.shape)}")
     if data.shape != generated.shape:
         raise ValueError(f"data and generated must have the same shape, got {tuple(data.shape)} and {tuple(generated.shape)}")
-    e = _unit_batch(eps, data)
-    x_hat = (e * data.detach() + (1 - e) * generated.detach()).requires_grad_(True)
-    with torch.enable_grad():
-        out = critic(x_hat)
-        (grad,) = torch.autograd.grad(out.sum(), x_hat, create_graph=True)
-    norms = grad.flatten(1).norm(dim=1)
+    norms = input_gradient_norms(critic, interpolate(data, generated, eps.reshape(-1)))
     return (norms - target).square().mean()
 
 
@@ -90,7 +82,4 @@ def lipschitz_estimate(critic: Critic, points: Tensor) -> Tensor:
     """``max_i ||grad_x f(x_i)||_2`` over ``points``: a lower bound of the critic's Lipschitz constant."""
     check_callable("critic", critic)
     check_tensor("points", points, item="point", finite=False)
-    x = points.detach().clone().requires_grad_(True)
-    with torch.enable_grad():
-        (grad,) = torch.autograd.grad(critic(x).sum(), x)
-    return grad.flatten(1).norm(dim=1).max()
+    return input_gradient_norms(critic, points, create_graph=False).max()

@@ -23,11 +23,13 @@ divergence for every ``phi`` and equals it at the optimal ``phi* = f'(dP/dQ)``.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 from torch import Tensor
 
 from lightning_wass._validation import check_callable, check_positive, check_tensor
+from lightning_wass.functional.penalties import input_gradient_norms, interpolate
 
 DIVERGENCES: tuple[str, ...] = ("kl", "reverse_kl", "alpha")
 """Names accepted by :func:`f_divergence_dual`."""
@@ -122,10 +124,7 @@ def lipschitz_penalty(
     check_tensor("fake", fake, item="sample", finite=False)
     if real.shape != fake.shape:
         raise ValueError(f"real and fake must have the same shape, got {tuple(real.shape)} and {tuple(fake.shape)}")
-    shape = (real.shape[0],) + (1,) * (real.dim() - 1)
-    u = torch.rand(shape, generator=generator, device=real.device, dtype=real.dtype)
-    x_hat = (u * real.detach() + (1.0 - u) * fake.detach()).requires_grad_(True)
-    scores = _scores("discriminator output", discriminator(x_hat))
-    (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)
-    slopes = grad.flatten(1).pow(2).sum(1)
-    return torch.relu(slopes - L**2).mean()
+    u = torch.rand(real.shape[0], generator=generator, device=real.device, dtype=real.dtype)
+    check = partial(_scores, "discriminator output")
+    norms = input_gradient_norms(discriminator, interpolate(real, fake, u), check_scores=check)
+    return torch.relu(norms.square() - L**2).mean()

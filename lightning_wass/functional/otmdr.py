@@ -20,6 +20,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from lightning_wass.seeding import seeded_generator
+
 EPS = 1e-12
 
 
@@ -144,14 +146,6 @@ class NoiseSource:
         if std == 0 or not params:
             return
         for offset, (members, flat, views) in enumerate(self._groups_for(params)):
-            generator = torch.Generator(device=flat.device).manual_seed(seed + 7919 * offset)
+            generator = seeded_generator(flat.device, seed, offset)
             torch.randn(flat.shape, generator=generator, out=flat)
             torch._foreach_add_(members, views, alpha=std)
-
-
-def mix_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (seed, step, particle, ...), stable across processes."""
-    value = 0x9E3779B97F4A7C15
-    for part in parts:
-        value ^= (int(part) + 0x632BE59BD9B4E019 + (value << 6) + (value >> 2)) & 0xFFFFFFFFFFFFFFFF
-    return value & 0x7FFFFFFFFFFFFFFF
