@@ -37,7 +37,7 @@ from pathlib import Path
 import ot
 import torch
 
-from lightning_wass.ot import _points_pair, _weights, cost_matrix, default_num_iter_max, ot_plan, wasserstein_distance
+from lightning_wass.ot import check_points, check_weights, cost_matrix, default_num_iter_max, ot_plan, wasserstein_distance
 
 RESULTS = Path(__file__).resolve().parent / "results" / "ot_distances.json"
 
@@ -121,9 +121,9 @@ def input_checks_seconds(x: torch.Tensor, y: torch.Tensor, repeats: int = 50) ->
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        px, py = _points_pair(x, y)
-        _weights("a", None, px.shape[0], px)
-        _weights("b", None, py.shape[0], py)
+        px, py = check_points(x, y)
+        check_weights(None, px, "a")
+        check_weights(None, py, "b")
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 

@@ -40,7 +40,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from lightning_wass._validation import DivergenceError
-from lightning_wass.optim._rollback import StateSnapshot, copy_into
+from lightning_wass.optim.snapshot import StateSnapshot, copy_into
 
 RESTORED = "the module was put back to its state before this step (last.ckpt and the on-exception checkpoint hold that state)"
 

@@ -13,7 +13,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from lightning_wass._validation import check_choice, check_fraction, check_int, check_positive, check_tensor
-from lightning_wass.ot import METHODS, check_ot_options, check_p, wasserstein_distance
+from lightning_wass.ot import METHODS, OTOptions, check_p, wasserstein_distance
 
 
 class WassersteinDistance(Metric):
@@ -46,7 +46,8 @@ class WassersteinDistance(Metric):
         max_samples: keep at most this many samples of each distribution per process (the first
             ones seen; later ones are dropped with a warning). ``None`` keeps all.
         num_projections, reg, num_iter_max, stop_threshold, sinkhorn_method, seed: passed to
-            :func:`wasserstein_distance` (each applies to the methods documented there).
+            :func:`wasserstein_distance` (each applies to the methods documented there); kept,
+            checked, as :attr:`options` (an :class:`~lightning_wass.ot.OTOptions`).
         **kwargs: torchmetrics ``Metric`` options (``sync_on_compute``, ``compute_on_cpu``, ...).
 
     Samples of more than one dimension per point (e.g. images ``(N, C, H, W)``) are flattened to
@@ -87,15 +88,7 @@ class WassersteinDistance(Metric):
         self.max_samples = None if max_samples is None else check_int("max_samples", max_samples, minimum=1)
         if method == "sliced" and seed is None:
             seed = 0  # every process must draw the same directions
-        check_ot_options(method, num_projections, reg, num_iter_max, stop_threshold, sinkhorn_method, seed)
-        self.options = {
-            "num_projections": num_projections,
-            "reg": reg,
-            "num_iter_max": num_iter_max,
-            "stop_threshold": stop_threshold,
-            "sinkhorn_method": sinkhorn_method,
-            "seed": seed,
-        }
+        self.options = OTOptions(method, num_projections, reg, num_iter_max, stop_threshold, sinkhorn_method, seed)
         self.add_state("x", default=[], dist_reduce_fx="cat")
         self.add_state("y", default=[], dist_reduce_fx="cat")
         self.add_state("width", default=torch.tensor(0), dist_reduce_fx="max")
@@ -160,7 +153,7 @@ class WassersteinDistance(Metric):
         y = dim_zero_cat(self.y).reshape(-1, width)
         if len(x) == 0 or len(y) == 0:
             raise ValueError("WassersteinDistance has no samples of x or y: call update(x, y) before compute()")
-        return wasserstein_distance(x, y, self.p, self.method, **self.options)
+        return wasserstein_distance(x, y, self.p, self.method, **self.options.solver_kwargs())
 
     def reset(self) -> None:
         super().reset()

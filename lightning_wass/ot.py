@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import ot
 import torch
@@ -44,11 +45,14 @@ _OPTIMAL = 1  # POT's result_code for an optimal network-simplex solution
 __all__ = [
     "METHODS",
     "OTConvergenceError",
+    "OTOptions",
     "barycentric_map",
     "cost_matrix",
     "default_num_iter_max",
     "check_ot_options",
     "check_p",
+    "check_points",
+    "check_weights",
     "ot_plan",
     "wasserstein_distance",
 ]
@@ -98,8 +102,15 @@ def _check_same_dimension(x: Tensor, y: Tensor) -> None:
         )
 
 
-def _points_pair(x: object, y: object) -> tuple[Tensor, Tensor]:
-    """Check ``x`` and ``y`` and bring them to one dtype; they must share ``d`` and the device."""
+def check_points(x: object, y: object) -> tuple[Tensor, Tensor]:
+    """Check two point clouds and bring them to one floating dtype: ``(n, d)`` and ``(m, d)`` tensors.
+
+    1-D input is read as ``(n, 1)``; integer points become the default float dtype and half
+    precision becomes ``float32`` (POT has no half backend); both are promoted to a common dtype.
+    ``TypeError`` / ``ValueError`` naming ``x`` or ``y`` for a non-tensor, a bool or complex dtype,
+    no point or no coordinate, NaN / Inf, different ``d`` or different devices. This is the input
+    check of :func:`wasserstein_distance`, :func:`ot_plan` and :func:`barycentric_map`.
+    """
     x = _as_points("x", x)
     y = _as_points("y", y)
     _check_same_dimension(x, y)
@@ -111,12 +122,17 @@ def _points_pair(x: object, y: object) -> tuple[Tensor, Tensor]:
     return x, y
 
 
-def _weights(name: str, value: object, n: int, like: Tensor) -> Tensor:
-    """Return the histogram ``value`` normalised to sum 1 (uniform ``1/n`` when ``None``).
+def check_weights(value: object, like: Tensor, name: str = "a") -> Tensor:
+    """Return the histogram ``value`` of the points ``like`` normalised to sum 1 (``1/n`` when ``None``).
 
-    Weights are normalised rather than required to sum to 1 (as in ``scipy.stats.wasserstein_distance``),
-    so counts or unnormalised masses can be passed directly.
+    ``a_i = value_i / sum_j value_j`` for the ``n = like.shape[0]`` points, in ``like``'s dtype and
+    on its device. Weights are normalised rather than required to sum to 1 (as in
+    ``scipy.stats.wasserstein_distance``), so counts or unnormalised masses can be passed directly.
+    ``ValueError`` naming ``name`` for a wrong shape or device, NaN / Inf, a negative weight or a
+    zero sum.
     """
+    like = check_tensor("like", like, shape="(n, d)", ndim=(1, 2), allow_integer=False, finite=False)
+    n = like.shape[0]
     if value is None:
         return torch.full((n,), 1.0 / n, dtype=like.dtype, device=like.device)
     value = check_tensor(name, value, shape=f"({n},) or None", finite=False)
@@ -249,23 +265,82 @@ def wasserstein_distance(
     """
     method = check_choice("method", method, METHODS)
     p = check_p(p)
-    x, y = _points_pair(x, y)
-    n, m = x.shape[0], y.shape[0]
-    check_ot_options(method, num_projections, reg, num_iter_max, stop_threshold, sinkhorn_method, seed)
+    x, y = check_points(x, y)
+    options = OTOptions(method, num_projections, reg, num_iter_max, stop_threshold, sinkhorn_method, seed)
 
     if method == "sliced":
-        return _sliced(x, y, p, a, b, num_projections, seed)
+        return _sliced(x, y, p, a, b, options)
 
-    a_w = _weights("a", a, n, x)
-    b_w = _weights("b", b, m, y)
+    a_w = check_weights(a, x, "a")
+    b_w = check_weights(b, y, "b")
     if method == "exact":
         if x.shape[1] == 1:
             # (n, 1) columns: POT's batched 1-D path (1-D tensors trigger a torch deprecation in POT).
             cost = ot.wasserstein_1d(x, y, a_w, b_w, p=p)[0]
         else:
-            cost = _emd(a_w, b_w, cost_matrix(x, y, p), num_iter_max, plan=False)
+            cost = _emd(a_w, b_w, cost_matrix(x, y, p), options.num_iter_max, plan=False)
         return cost.clamp_min(0.0).pow(1.0 / p)
-    return _sinkhorn(x, y, p, a_w, b_w, reg, num_iter_max, stop_threshold, sinkhorn_method)
+    return _sinkhorn(x, y, p, a_w, b_w, options)
+
+
+# Which methods use each solver option (an option given to another method is refused).
+_OPTION_METHODS: dict[str, tuple[str, ...]] = {
+    "num_projections": ("sliced",),
+    "seed": ("sliced",),
+    "reg": ("sinkhorn",),
+    "stop_threshold": ("sinkhorn",),
+    "sinkhorn_method": ("sinkhorn",),
+    "num_iter_max": ("exact", "sinkhorn"),
+}
+
+
+@dataclass(frozen=True)
+class OTOptions:
+    """The solver options of one Wasserstein method, checked once: what :func:`wasserstein_distance`
+    and :class:`~lightning_wass.metrics.WassersteinDistance` take as keyword arguments.
+
+    ``None`` is each option's default (documented in :func:`wasserstein_distance`): sliced uses
+    ``num_projections`` (50) and ``seed``; sinkhorn (Cuturi 2013, arXiv:1306.0895) uses ``reg``
+    (``0.05 mean(C)``), ``num_iter_max`` (10,000), ``stop_threshold`` (1e-6) and
+    ``sinkhorn_method`` ("sinkhorn"); exact uses ``num_iter_max`` (``max(10^6, 50 n m)``).
+
+    Raises ``ValueError`` for an option given to a method that does not use it, and ``TypeError`` /
+    ``ValueError`` naming the option for a bad value.
+
+    Example::
+
+        options = OTOptions("sinkhorn", reg=0.1)
+        wasserstein_distance(x, y, 2, options.method, **options.solver_kwargs())
+    """
+
+    method: Literal["exact", "sliced", "sinkhorn"] = "exact"
+    num_projections: int | None = None
+    reg: float | None = None
+    num_iter_max: int | None = None
+    stop_threshold: float | None = None
+    sinkhorn_method: str | None = None
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        check_choice("method", self.method, METHODS)
+        for name, methods in _OPTION_METHODS.items():
+            if getattr(self, name) is not None and self.method not in methods:
+                allowed = " or ".join(repr(m) for m in methods)
+                raise ValueError(f"{name} applies only to method={allowed}; got method={self.method!r}")
+        for name in ("num_projections", "num_iter_max"):
+            if getattr(self, name) is not None:
+                check_int(name, getattr(self, name), minimum=1)
+        for name in ("reg", "stop_threshold"):
+            if getattr(self, name) is not None:
+                check_positive(name, getattr(self, name))
+        if self.sinkhorn_method is not None:
+            check_choice("sinkhorn_method", self.sinkhorn_method, SINKHORN_METHODS)
+        if self.seed is not None:
+            check_int("seed", self.seed)
+
+    def solver_kwargs(self) -> dict[str, Any]:
+        """The six solver options as keyword arguments of :func:`wasserstein_distance` (``method`` excluded)."""
+        return {name: getattr(self, name) for name in _OPTION_METHODS}
 
 
 def check_ot_options(
@@ -276,42 +351,21 @@ def check_ot_options(
     stop_threshold: float | None = None,
     sinkhorn_method: str | None = None,
     seed: int | None = None,
-) -> None:
+) -> OTOptions:
     """Check the solver options of :func:`wasserstein_distance` (and the metric built on it).
 
     ``ValueError`` for an option given to a method that does not use it; ``TypeError`` /
     ``ValueError`` naming the option for a bad value (``None`` is each option's default).
+    Returns them as one :class:`OTOptions`.
     """
-    owners = {
-        "num_projections": (num_projections, ("sliced",)),
-        "seed": (seed, ("sliced",)),
-        "reg": (reg, ("sinkhorn",)),
-        "stop_threshold": (stop_threshold, ("sinkhorn",)),
-        "sinkhorn_method": (sinkhorn_method, ("sinkhorn",)),
-        "num_iter_max": (num_iter_max, ("exact", "sinkhorn")),
-    }
-    for name, (value, methods) in owners.items():
-        if value is not None and method not in methods:
-            allowed = " or ".join(repr(m) for m in methods)
-            raise ValueError(f"{name} applies only to method={allowed}; got method={method!r}")
-    for name, value in (("num_projections", num_projections), ("num_iter_max", num_iter_max)):
-        if value is not None:
-            check_int(name, value, minimum=1)
-    for name, value in (("reg", reg), ("stop_threshold", stop_threshold)):
-        if value is not None:
-            check_positive(name, value)
-    if sinkhorn_method is not None:
-        check_choice("sinkhorn_method", sinkhorn_method, SINKHORN_METHODS)
-    if seed is not None:
-        check_int("seed", seed)
+    return OTOptions(method, num_projections, reg, num_iter_max, stop_threshold, sinkhorn_method, seed)
 
 
-def _sliced(
-    x: Tensor, y: Tensor, p: float, a: Tensor | None, b: Tensor | None, num_projections: int | None, seed: int | None
-) -> Tensor:
-    k = 50 if num_projections is None else check_int("num_projections", num_projections, minimum=1)
-    a_w = None if a is None else _weights("a", a, x.shape[0], x)
-    b_w = None if b is None else _weights("b", b, y.shape[0], y)
+def _sliced(x: Tensor, y: Tensor, p: float, a: Tensor | None, b: Tensor | None, options: OTOptions) -> Tensor:
+    k = 50 if options.num_projections is None else options.num_projections
+    seed = options.seed
+    a_w = None if a is None else check_weights(a, x, "a")
+    b_w = None if b is None else check_weights(b, y, "b")
     projections = None
     if seed is None:
         # Draw from torch's global generator (seeded by seed_everything) rather than POT's own.
@@ -322,20 +376,11 @@ def _sliced(
     return ot.sliced_wasserstein_distance(x, y, a_w, b_w, n_projections=k, p=p, projections=projections, seed=seed)
 
 
-def _sinkhorn(
-    x: Tensor,
-    y: Tensor,
-    p: float,
-    a: Tensor,
-    b: Tensor,
-    reg: float | None,
-    num_iter_max: int | None,
-    stop_threshold: float | None,
-    sinkhorn_method: str | None,
-) -> Tensor:
-    solver = check_choice("sinkhorn_method", "sinkhorn" if sinkhorn_method is None else sinkhorn_method, SINKHORN_METHODS)
-    iterations = 10_000 if num_iter_max is None else check_int("num_iter_max", num_iter_max, minimum=1)
-    threshold = 1e-6 if stop_threshold is None else check_positive("stop_threshold", stop_threshold)
+def _sinkhorn(x: Tensor, y: Tensor, p: float, a: Tensor, b: Tensor, options: OTOptions) -> Tensor:
+    solver = "sinkhorn" if options.sinkhorn_method is None else options.sinkhorn_method
+    iterations = 10_000 if options.num_iter_max is None else options.num_iter_max
+    threshold = 1e-6 if options.stop_threshold is None else float(options.stop_threshold)
+    reg = options.reg
     cost = cost_matrix(x, y, p)
     if reg is None:
         mean_cost = float(cost.detach().mean())
@@ -383,11 +428,11 @@ def ot_plan(
     Raises :class:`OTConvergenceError` if the solver hits ``num_iter_max``.
     """
     p = check_p(p)
-    x, y = _points_pair(x, y)
+    x, y = check_points(x, y)
     if num_iter_max is not None:
         check_int("num_iter_max", num_iter_max, minimum=1)
-    a_w = _weights("a", a, x.shape[0], x)
-    b_w = _weights("b", b, y.shape[0], y)
+    a_w = check_weights(a, x, "a")
+    b_w = check_weights(b, y, "b")
     return _emd(a_w, b_w, cost_matrix(x, y, p), num_iter_max, plan=True)
 
 
@@ -408,7 +453,7 @@ def barycentric_map(
     matching ``T(x_i) = y_{sigma(i)}``. A row without mass (``a_i = 0``) is mapped to ``x_i``.
     Computed under ``torch.no_grad`` (targets, not a differentiable map); returned in ``x``'s dtype.
     """
-    x, y = _points_pair(x, y)
+    x, y = check_points(x, y)
     if plan is None:
         plan = ot_plan(x, y, a, b, p)
     else:

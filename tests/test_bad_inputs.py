@@ -676,6 +676,12 @@ CASES += [
     *bad("check_ot_options", args(check_ot_options, method="sinkhorn"), "sinkhorn_method", CHOICE),
     *bad("check_ot_options", args(check_ot_options, method="sliced"), "num_projections", ints(1)),
     Case("check_ot_options(method='exact', seed=0)", partial(check_ot_options, "exact", seed=0), ValueError, "seed"),
+    *bad("OTOptions", args(importlib.import_module("lightning_wass.ot").OTOptions, method="sinkhorn"), "reg", POSITIVE[:4]),
+    *bad("OTOptions", args(importlib.import_module("lightning_wass.ot").OTOptions), "method", CHOICE),
+    Case("OTOptions(method='exact', seed=0)", partial(importlib.import_module("lightning_wass.ot").OTOptions, "exact", seed=0), ValueError, "seed"),
+    *bad("check_points", args(importlib.import_module("lightning_wass.ot").check_points, y=Y), "x", [("list", [[0.0, 0.0]], TypeError), ("empty", zeros(0, 2), ValueError)]),
+    *bad("check_weights", args(importlib.import_module("lightning_wass.ot").check_weights, like=X, name="a"), "value", [("(3,)", torch.ones(3), ValueError), ("negative", -torch.ones(4), ValueError)], mention="a"),
+    *bad("check_weights", args(importlib.import_module("lightning_wass.ot").check_weights, value=None), "like", [("list", [[0.0, 0.0]], TypeError)]),
 ]
 CASES += [
     *bad("WassersteinDistance", WassersteinDistance, "p", [("0.5", 0.5, ValueError), ("nan", NAN, ValueError), ("True", True, TypeError), ("'2'", "2", TypeError)]),

@@ -331,3 +331,50 @@ def test_barycentric_map_refuses_a_plan_that_is_not_one() -> None:
         barycentric_map(x, y, plan=-torch.full((5, 5), 0.04))
     with pytest.raises(ValueError, match="plan must be finite and non-negative"):
         barycentric_map(x, y, plan=torch.full((5, 5), float("nan")))
+
+
+# ------------------------------------------------------------------------------ one options type
+def test_ot_options_is_what_the_distance_and_the_metric_use() -> None:
+    from lightning_wass.metrics import WassersteinDistance
+    from lightning_wass.ot import OTOptions, check_ot_options
+
+    options = OTOptions("sinkhorn", reg=0.5, stop_threshold=1e-7)
+    assert check_ot_options("sinkhorn", reg=0.5, stop_threshold=1e-7) == options
+    with pytest.raises(Exception):  # frozen: checked once, never changed afterwards
+        options.reg = 1.0  # type: ignore[misc]
+    x = torch.randn(20, 2, generator=_gen(41), dtype=F64)
+    y = torch.randn(15, 2, generator=_gen(42), dtype=F64) + 1
+    # the reference: POT's entropic plan cost with the same eps and threshold, to the power 1/2
+    a, b = torch.full((20,), 1 / 20, dtype=F64), torch.full((15,), 1 / 15, dtype=F64)
+    reference = pot.sinkhorn2(a, b, pot.dist(x, y), 0.5, numItermax=10_000, stopThr=1e-7) ** 0.5
+    value = wasserstein_distance(x, y, 2, options.method, **options.solver_kwargs())
+    assert torch.allclose(value, reference, rtol=1e-6)
+    metric = WassersteinDistance(2, "sinkhorn", reg=0.5, stop_threshold=1e-7)
+    assert metric.options == options
+    metric.update(x, y)
+    assert torch.allclose(metric.compute(), reference, rtol=1e-6)
+    assert WassersteinDistance(method="sliced").options == OTOptions("sliced", seed=0)
+
+
+def test_plan_and_map_hand_pot_tensors_and_stay_on_the_input_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The only host copy is POT's own (ot.emd converts its torch inputs); the wrapper passes it
+    # torch tensors on the points' device and the results come back there, in the points' dtype.
+    import lightning_wass.ot as wot
+
+    seen: list[tuple[type, torch.device]] = []
+    real_emd = pot.emd
+
+    def recording_emd(a, b, cost, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.extend((type(t), t.device) for t in (a, b, cost))
+        return real_emd(a, b, cost, *args, **kwargs)
+
+    monkeypatch.setattr(wot.ot, "emd", recording_emd)
+    for dtype in (torch.float32, F64):
+        x = torch.randn(12, 3, generator=_gen(43), dtype=dtype)
+        y = torch.randn(12, 3, generator=_gen(44), dtype=dtype)
+        plan = ot_plan(x, y)
+        mapped = barycentric_map(x, y, plan=plan)
+        assert (plan.dtype, plan.device, mapped.dtype, mapped.device) == (dtype, x.device, dtype, x.device)
+        # the map of a permutation plan is the matched points (independent of how it was found)
+        assert torch.allclose(mapped, y[plan.argmax(1)], rtol=1e-5, atol=1e-6)
+    assert seen and all(kind is torch.Tensor and device == x.device for kind, device in seen)

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from lightning_wass.optim._grad_scaling import ScaledPasses
-from lightning_wass.optim._rollback import StateSnapshot, copy_into
+from lightning_wass.optim.snapshot import StateSnapshot, copy_into
 from lightning_wass.optim.passes import PassInfo
 
 Grads = list[Tensor | None]

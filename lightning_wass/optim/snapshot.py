@@ -1,4 +1,7 @@
-"""Undo a base-optimizer step whose result is not finite.
+"""Copies of parameters and optimizer state kept between steps, to undo a step whose result is not finite.
+
+Used by the SAM family's own step (``optim/_step_run.py``) and by the divergence guard
+(:mod:`lightning_wass.guard`), which undoes a whole training step.
 
 A SAM-family step checks every loss and gradient it computed, but a finite gradient can still give
 non-finite parameters (an ``lr`` a scheduler set to ``inf``, an update that overflows). So the
@@ -16,6 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
+
+__all__ = ["Buffers", "StateSnapshot", "copy_into"]
 
 
 def _layout(tensors: Sequence[Tensor]) -> list[tuple[Any, ...]]:
