@@ -13,8 +13,10 @@ each iteration takes a batch of indices and, from one forward/backward pass (sim
     transport map      Adam step on  mean_j ||T_phi(x_j) - v_j||^2  over m' random particles
 
 ``T_phi(x) = x + R_phi(x)`` (last layer zero: the identity at the start) generalises the worst case
-to points outside the training set. The math lives in :mod:`lightning_wass.functional.worst_case`; this module
-orchestrates it (what steps when, DDP, checkpoints, logging).
+to points outside the training set. The math lives in :mod:`lightning_wass.functional.worst_case`;
+this module orchestrates it (what steps when, checkpoints, logging), with the DDP row exchange in
+:mod:`.worst_case_exchange`, the particle table in :mod:`.worst_case_particles` and the default
+transport map's sizing in :mod:`.worst_case_transport`.
 """
 
 from __future__ import annotations
@@ -29,15 +31,19 @@ from torch import Tensor, nn
 
 from lightning_wass.checkpoints import CheckpointedModule
 from lightning_wass._validation import (
+    check_bool,
     check_fraction,
     check_int,
     check_finite,
+    check_module,
     check_positive,
     check_shape,
 )
-from lightning_wass.datamodules.batch import padding_mask, require_index, unpack_batch
+from lightning_wass.datamodules.batch import require_index, unpack_batch
 from lightning_wass.guard import StepCheck, UpdateGuard, rms_norm
+from lightning_wass.modules.worst_case_exchange import GlobalBatch, NewRows, RowExchange
 from lightning_wass.modules.worst_case_particles import ParticleTable, WorstCaseParticles
+from lightning_wass.modules.worst_case_transport import TransportMapSpec
 from lightning_wass.nn.modes import eval_mode
 from lightning_wass.nn.transport_map import ResidualTransportMap
 from lightning_wass.functional.worst_case import (
@@ -47,6 +53,7 @@ from lightning_wass.functional.worst_case import (
     heavy_ball_ascent,
     resolve_loss,
     squared_distance,
+    transport_penalty,
 )
 from lightning_wass.seeding import seeded_generator
 
@@ -89,6 +96,9 @@ class WorstCaseGenerator(CheckpointedModule, pl.LightningModule):
     dataset index of each sample (``return_index=True`` on our DataModules). After ``fit``:
     :attr:`particles` (worst-case samples with their targets), :meth:`transport` for new points.
 
+    The constructor arguments are validated and kept as typed attributes of the same names (also
+    saved as hyperparameters, for checkpoints and the CLI).
+
     Subclasses change one piece by overriding :meth:`compute_losses`, :meth:`matching_losses`,
     :meth:`build_transport_map` or :meth:`apply_transport_map`.
     """
@@ -116,30 +126,27 @@ class WorstCaseGenerator(CheckpointedModule, pl.LightningModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if transport_map is not None and not isinstance(transport_map, nn.Module):
-            raise TypeError(f"transport_map must be a torch.nn.Module or None, got {type(transport_map).__name__}")
-        check_positive("gamma", gamma)
-        check_positive("model_lr", model_lr)
-        check_fraction("model_momentum", model_momentum)
-        check_positive("model_weight_decay", model_weight_decay, allow_zero=True)
-        check_positive("particle_lr", particle_lr)
-        check_fraction("particle_momentum", particle_momentum)
-        check_positive("transport_lr", transport_lr)
-        check_int("transport_batch_size", transport_batch_size, minimum=1)
-        if num_particles is not None:
-            check_int("num_particles", num_particles, minimum=1)
-        check_int("gradient_norm_every", gradient_norm_every, minimum=0)
-        check_int("gradient_norm_chunk_size", gradient_norm_chunk_size, minimum=1)
-        check_int("seed", seed, minimum=0)
-        check_int("model_warmup_steps", model_warmup_steps, minimum=0)
-        hidden = list(check_shape("transport_hidden", transport_hidden, allow_empty=True))
-        if not isinstance(train_model, bool):
-            raise TypeError(f"train_model must be a bool, got {type(train_model).__name__}")
+        check_module("model", model)
+        check_module("transport_map", transport_map, optional=True)
+        self.gamma: float = check_positive("gamma", gamma)
+        self.model_lr: float = check_positive("model_lr", model_lr)
+        self.model_momentum: float = check_fraction("model_momentum", model_momentum)
+        self.model_weight_decay: float = check_positive("model_weight_decay", model_weight_decay, allow_zero=True)
+        self.particle_lr: float = check_positive("particle_lr", particle_lr)
+        self.particle_momentum: float = check_fraction("particle_momentum", particle_momentum)
+        self.transport_lr: float = check_positive("transport_lr", transport_lr)
+        self.transport_batch_size: int = check_int("transport_batch_size", transport_batch_size, minimum=1)
+        self.num_particles: int | None = None if num_particles is None else check_int("num_particles", num_particles, minimum=1)
+        self.gradient_norm_every: int = check_int("gradient_norm_every", gradient_norm_every, minimum=0)
+        self.gradient_norm_chunk_size: int = check_int("gradient_norm_chunk_size", gradient_norm_chunk_size, minimum=1)
+        self.seed: int = check_int("seed", seed, minimum=0)
+        self.model_warmup_steps: int = check_int("model_warmup_steps", model_warmup_steps, minimum=0)
+        self.transport_hidden: list[int] = list(check_shape("transport_hidden", transport_hidden, allow_empty=True))
+        self.train_model: bool = check_bool("train_model", train_model)
+        self.transport_conditional: bool = bool(transport_conditional)
         # a callable loss (a lambda) may not pickle: keep it on the instance, out of the hparams
         self.save_hyperparameters(ignore=["model", "transport_map"] + (["loss"] if callable(loss) else []))
-        self.hparams["transport_hidden"] = hidden
+        self.hparams["transport_hidden"] = self.transport_hidden
         self.automatic_optimization = False
 
         self.model = model
@@ -153,7 +160,8 @@ class WorstCaseGenerator(CheckpointedModule, pl.LightningModule):
         self.gradient_norms: dict[str, float] = {}
         self.gradient_norms_iteration: int | None = None
         self.gradient_norm_history: list[dict[str, float]] = []
-        self._default_transport: dict[str, Any] | None = None
+        self.transport_spec: TransportMapSpec | None = None
+        """The data facts of the default transport map (``None`` for a given ``transport_map``)."""
         self._labels_checked = False
 
     # ================================================================== overridable pieces
@@ -164,7 +172,7 @@ class WorstCaseGenerator(CheckpointedModule, pl.LightningModule):
     def build_transport_map(self, in_features: int, condition: dict[str, int] | None) -> nn.Module:
         """The default transport map ``x + R(x)`` (identity at the start); ``condition`` is
         ``{"num_classes": C}`` or ``{"target_features": k}`` for a target-conditioned map."""
-        return ResidualTransportMap(in_features, hidden=self.hparams.transport_hidden, **(condition or {}))
+        return ResidualTransportMap(in_features, hidden=self.transport_hidden, **(condition or {}))
 
     def apply_transport_map(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """``T(x)``, or ``T(x, y)`` for a label-conditioned map (with autograd)."""
@@ -181,7 +189,7 @@ class WorstCaseGenerator(CheckpointedModule, pl.LightningModule):
     # ================================================================== public results
     @property
     def conditional_transport(self) -> bool:
-        return bool(self.hparams.transport_conditional or getattr(self.transport_map, "conditional", False))
+        return bool(self.transport_conditional or getattr(self.transport_map, "conditional", False))
 
     @property
     def particles(self) -> WorstCaseParticles:
@@ -196,9 +204,9 @@ class WorstCaseGenerator(CheckpointedModule, pl.LightningModule):
         """
         if not isinstance(x, Tensor):
             raise TypeError(f"transport: x must be a tensor, got {type(x).__name__}")
-        facts = self._default_transport
-        width = facts["in_features"] if facts is not None else (
-            math.prod(self.particle_table.samples.shape[1:]) if self.particle_table.allocated else None  # type: ignore[union-attr]
+        spec, table = self.transport_spec, self.particle_table
+        width = spec.in_features if spec is not None else (
+            math.prod(table.samples.shape[1:]) if table.samples is not None else None
         )
         if width is not None and (x.ndim < 2 or math.prod(x.shape[1:]) != width):
             raise ValueError(f"transport: x must have shape (N, ...) with {width} features per sample (the training data's), got {list(x.shape)}")
@@ -223,56 +231,29 @@ class WorstCaseGenerator(CheckpointedModule, pl.LightningModule):
         if stage == "fit" and not table.allocated:
             if datamodule is not None and hasattr(datamodule, "tensors"):
                 x, y = datamodule.tensors("train")
-                n = self.hparams.num_particles
+                n = self.num_particles
                 if n is not None and n != len(x):
                     raise ValueError(f"num_particles={n} but the DataModule has {len(x)} training points")
                 table.fill(x, y)
-            elif self.hparams.num_particles is None:
+            elif self.num_particles is None:
                 raise ValueError(
                     "WorstCaseGenerator needs the number of training points (one particle each): use a "
                     "lightning_wass DataModule (its train_size) or pass num_particles="
                 )
         if self.transport_map is None:
-            in_features, condition = self._data_facts(datamodule)
-            self._default_transport = {"in_features": in_features, "condition": condition}
-            self.transport_map = self._seeded_transport_map(in_features, condition)
-
-    def _seeded_transport_map(self, in_features: int, condition: dict[str, int] | None) -> nn.Module:
-        """Build the default map with its initial weights drawn from ``seed`` (the same in every
-        process, whatever the global random state when ``setup`` runs)."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.hparams.seed)
-            network = self.build_transport_map(in_features, condition)
-        return network.to(device=self.particle_table.device, dtype=self.particle_table.dtype)
-
-    def _data_facts(self, datamodule: Any) -> tuple[int, dict[str, int] | None]:
-        """Input width of the default transport map and what it is conditioned on."""
-        if datamodule is not None and hasattr(datamodule, "data_shape"):
-            in_features = math.prod(datamodule.data_shape)
-        elif self.particle_table.allocated:
-            in_features = math.prod(self.particle_table.samples.shape[1:])  # type: ignore[union-attr]
-        else:
-            raise ValueError(
-                "WorstCaseGenerator cannot size its default transport map without a DataModule that has "
-                "data_shape (lightning_wass DataModules do): pass transport_map="
+            self.transport_spec = TransportMapSpec.from_data(
+                datamodule, table.samples, table.targets, conditional=self.transport_conditional
             )
-        if not self.hparams.transport_conditional:
-            return int(in_features), None
-        targets = self.particle_table.targets
-        if targets is None and datamodule is not None and hasattr(datamodule, "tensors"):
-            targets = datamodule.tensors("train")[1]
-        if targets is None:
-            raise ValueError(
-                "transport_conditional=True needs targets: use a DataModule with labels or regression targets, "
-                "or pass a conditional transport_map="
-            )
-        if targets.is_floating_point():
-            return int(in_features), {"target_features": math.prod(targets.shape[1:])}
-        num_classes = getattr(datamodule, "num_classes", None) or int(targets.max()) + 1
-        return int(in_features), {"num_classes": int(num_classes)}
+            self.transport_map = self._build_default_map(self.transport_spec)
+
+    def _build_default_map(self, spec: TransportMapSpec) -> nn.Module:
+        """The default map from its spec, seeded by ``seed`` (the same in every process, whatever
+        the global random state when ``setup`` runs), on the particle table's device and dtype."""
+        table = self.particle_table
+        return spec.build(self.build_transport_map, seed=self.seed, device=table.device, dtype=table.dtype)
 
     def on_fit_start(self) -> None:
-        if not self.hparams.train_model:
+        if not self.train_model:
             self.model.eval()  # a frozen model: no dropout, no BatchNorm statistics updates
         precision = str(self.trainer.precision)
         if precision not in SUPPORTED_PRECISIONS:
@@ -280,152 +261,136 @@ class WorstCaseGenerator(CheckpointedModule, pl.LightningModule):
                 f"WorstCaseGenerator supports precision {SUPPORTED_PRECISIONS}, got {precision!r}: the particle "
                 "gradients are read from v.grad, which fp16 loss scaling would distort"
             )
-        if self.hparams.transport_batch_size < self.trainer.world_size:
+        if self.transport_batch_size < self.trainer.world_size:
             raise ValueError(
-                f"transport_batch_size={self.hparams.transport_batch_size} must be >= the number of processes "
+                f"transport_batch_size={self.transport_batch_size} must be >= the number of processes "
                 f"({self.trainer.world_size}) so that every process matches at least one particle"
             )
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         assert self.transport_map is not None
         optimizers: list[torch.optim.Optimizer] = []
-        if self.hparams.train_model:
+        if self.train_model:
             optimizers.append(
                 torch.optim.SGD(
                     self.model.parameters(),
-                    lr=self.hparams.model_lr,
-                    momentum=self.hparams.model_momentum,
+                    lr=self.model_lr,
+                    momentum=self.model_momentum,
                     dampening=0.0,
-                    weight_decay=self.hparams.model_weight_decay,
+                    weight_decay=self.model_weight_decay,
                 )
             )
-        optimizers.append(torch.optim.Adam(self.transport_map.parameters(), lr=self.hparams.transport_lr))
+        optimizers.append(torch.optim.Adam(self.transport_map.parameters(), lr=self.transport_lr))
         return optimizers
 
     def train(self, mode: bool = True) -> "WorstCaseGenerator":
         super().train(mode)
-        if not self.hparams.train_model:
+        if not self.train_model:
             self.model.eval()  # a frozen model: no dropout, no BatchNorm statistics updates
         return self
 
     # ================================================================== the GDA iteration
     def training_step(self, batch: Any, batch_idx: int) -> None:
-        unpacked = unpack_batch(batch)
-        index = require_index(unpacked, type(self).__name__)
-        table = self.particle_table
-        x = unpacked.x.to(table.dtype if table.allocated else unpacked.x.dtype)
-        y = unpacked.y
-        world, _ = self._world()
-        global_index = self._gather(index)
-        real = self._real_rows(global_index, world)
-        if not table.allocated:
-            table.allocate(int(self.hparams.num_particles), x, y)
-            x = x.to(table.dtype)
-        if not table.complete:
-            rows = global_index if real is None else global_index[real]
-            self._check_index(rows, table.size)  # one host sync, only while the table fills
-            gathered_x, gathered_y = self._gather(x), None if y is None else self._gather(y)
-            if real is not None:
-                gathered_x, gathered_y = gathered_x[real], None if gathered_y is None else gathered_y[real]
-            table.register(rows, gathered_x, gathered_y)
-        m = x.shape[0]
-        padding = None if real is None else index < 0  # this rank's padding rows (DDP, N not divisible by W)
-
-        optimizers = self.optimizers()
-        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        """One GDA iteration on the batch's rows (the update rule of the module docstring)."""
+        step = self._draw_batch(batch)  # this rank's rows, and the global batch's indices
+        optimizers = self._optimizer_list()
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
 
         with self._guarded_step() as check:
-            check.finite("the training batch", x, "clean the data (NaN or Inf in the inputs)", error=ValueError)
-            # one forward/backward: d/dv for the particles, d/dtheta for the model, d/dphi for T
-            v_old, g_old = self._read_particles(index, x, padding)
+            check.finite("the training batch", step.x, "clean the data (NaN or Inf in the inputs)", error=ValueError)
+            v_old, g_old = self._read_particles(step)  # the particles v_i and momentum g_i of the batch
             v = v_old.detach().clone().requires_grad_(True)
-            output = self._first_forward(v) if not self._labels_checked else self.model(v)
-            self._check_labels_once(y, output)
-            losses = self.compute_losses(output, y)
-            match_rows, match_total = self._matching_rows(global_index if real is None else global_index[real])
-            mx, mv, my = table.origins[match_rows], table.samples[match_rows], None  # type: ignore[index]
-            if table.targets is not None and self.conditional_transport:
-                my = table.targets[match_rows]
-            matching = self.matching_losses(mx, mv, my).sum() * (world / match_total)
-            # with padding rows: the mean over the global batch's real rows once DDP averages the ranks' gradients
-            per_sample = m if padding is None else real.sum() / world  # d model_loss / d loss_i = 1 / per_sample
-            model_loss = losses.mean() if padding is None else torch.where(padding, 0.0, losses).sum() / per_sample
-            self.manual_backward(model_loss + matching)
-
-            grad_v = torch.zeros_like(v_old) if v.grad is None else v.grad * per_sample
-            direction = ascent_direction(grad_v, v_old, x, self.hparams.gamma)
-            v_new, g_new = heavy_ball_ascent(v_old, g_old, direction, self.hparams.particle_lr, self.hparams.particle_momentum)
-
-            # the new rows of the global batch (all-gathered under DDP): every rank decides and writes alike
-            if world == 1:
-                v_all, g_all, loss_all, match_all = v_new, g_new, losses.detach(), matching.detach().reshape(1)
-            else:
-                d = v_new[0].numel()
-                flat = [v_new.reshape(m, -1), g_new.reshape(m, -1), losses.detach().reshape(m, 1), matching.detach().reshape(1, 1).expand(m, 1)]
-                payload = self._gather(torch.cat([t.to(v_new.dtype) for t in flat], dim=1))
-                v_all = payload[:, :d].reshape(-1, *v_new.shape[1:])
-                g_all = payload[:, d : 2 * d].reshape(-1, *v_new.shape[1:])
-                loss_all, match_all = payload[:, 2 * d], payload[:, 2 * d + 1]
-            if real is not None:  # the padding rows are no particles: never checked, never written
-                global_index, loss_all, v_all, g_all = global_index[real], loss_all[real], v_all[real], g_all[real]
-            self._record_checks(check, loss_all, v_all, g_all, match_all, table.origins[global_index], optimizers)  # type: ignore[index]
-
-            for i, opt in enumerate(optimizers):
-                # one counted (Lightning) step per iteration, so max_steps counts GDA iterations
-                (opt if i == 0 else opt.optimizer).step()
+            losses = self._particle_losses(v, step.y)  # loss(theta, v_i)
+            matching = self._matching_loss(step)  # the transport map's loss over m' particles
+            # one backward: d/dtheta for the model, d/dv for the particles, d/dphi for the map
+            self.manual_backward(self._model_loss(losses, step) + matching)
+            v_new, g_new = self._particle_ascent(v, v_old, g_old, step)
+            new = RowExchange(self._trainer).finish(step, v_new, g_new, losses, matching)  # the global batch's rows
+            self._record_checks(check, new, optimizers)
+            self._step_optimizers(optimizers)  # the model descends (SGD), the transport map steps (Adam)
             check.verify()  # one host read of every check; a failure restores the networks and raises
-            if self.iteration >= self.hparams.model_warmup_steps:
-                table.write(global_index, v_all, g_all)
+            self._write_particles(new)
             self.iteration += 1
 
         if self._should_log():
-            self._log_step(loss_all, match_all, v_old, x, y)
-        every = self.hparams.gradient_norm_every
-        if every and self.iteration % every == 0:
+            self._log_step(new, v_old, step)
+        if self.gradient_norm_every and self.iteration % self.gradient_norm_every == 0:
             self.evaluate_gradient_norms(log=True)
 
     def on_train_epoch_end(self) -> None:
         self.particle_table.update_complete()  # a lazily filled table stops registering rows once full
 
-    # ------------------------------------------------------------------ helpers of the step
-    def _world(self) -> tuple[int, int]:
-        trainer = self._trainer
-        if trainer is None:
-            return 1, 0
-        return int(trainer.world_size), int(trainer.global_rank)
+    # ------------------------------------------------------------------ the pieces of an iteration
+    def _draw_batch(self, batch: Any) -> GlobalBatch:
+        """Read the batch (with its dataset indices), gather the global batch, register new rows."""
+        unpacked = unpack_batch(batch)
+        index = require_index(unpacked, type(self).__name__)
+        table = self.particle_table
+        if not table.allocated:
+            table.allocate(int(self.num_particles), unpacked.x, unpacked.y)  # type: ignore[arg-type]
+        x = unpacked.x.to(table.dtype)
+        step = RowExchange(self._trainer).start(index, x, unpacked.y, with_data=not table.complete)
+        if not table.complete:
+            self._check_index(step.rows, table.size)  # one host sync, only while the table fills
+            table.register(step.rows, step.x_all, step.y_all)
+        return step
 
-    def _gather(self, tensor: Tensor) -> Tensor:
-        """All-gather along the batch dimension (rank-major); a no-op in one process."""
-        world, _ = self._world()
-        if world == 1:
-            return tensor
-        gathered = self.trainer.strategy.all_gather(tensor)
-        return gathered.reshape(-1, *tensor.shape[1:])
+    def _optimizer_list(self) -> list[Any]:
+        optimizers = self.optimizers()
+        return optimizers if isinstance(optimizers, list) else [optimizers]
+
+    def _read_particles(self, step: GlobalBatch) -> tuple[Tensor, Tensor]:
+        """``(v, g)`` of this rank's rows; a padding row reads its own point with zero momentum."""
+        if step.padding is None:
+            return self.particle_table.read(step.index)
+        v, g = self.particle_table.read(step.index.clamp_min(0))
+        pad = step.padding.reshape((-1,) + (1,) * (step.x.dim() - 1))
+        return torch.where(pad, step.x, v), torch.where(pad, torch.zeros_like(g), g)
+
+    def _particle_losses(self, v: Tensor, y: Tensor | None) -> Tensor:
+        """``loss(theta, v_i)`` of each row (the model's forward pass)."""
+        output = self._first_forward(v) if not self._labels_checked else self.model(v)
+        self._check_labels_once(y, output)
+        return self.compute_losses(output, y)
+
+    def _matching_loss(self, step: GlobalBatch) -> Tensor:
+        """This rank's term of ``mean_j ||T(x_j) - v_j||^2`` over the iteration's ``m'`` particles
+        (scaled by the world size: DDP's average of the ranks' gradients is the gradient of the mean)."""
+        table = self.particle_table
+        rows, total = self._matching_rows(step.rows)
+        mx, mv, my = table.origins[rows], table.samples[rows], None  # type: ignore[index]
+        if table.targets is not None and self.conditional_transport:
+            my = table.targets[rows]
+        return self.matching_losses(mx, mv, my).sum() * (step.world / total)
 
     @staticmethod
-    def _real_rows(global_index: Tensor, world: int) -> Tensor | None:
-        """The rows of the global batch that are dataset points, or ``None`` when all are.
+    def _per_sample(step: GlobalBatch) -> Tensor | int:
+        """``1 / (d model_loss / d loss_i)``: the rows a rank's mean is over (with padding rows:
+        the global batch's real rows over the world size, so DDP's average is the real mean)."""
+        return step.size if step.padding is None else step.real.sum() / step.world  # type: ignore[union-attr]
 
-        Under DDP with a training-set size not divisible by the world size, the DataModule's sampler
-        fills the last batches with padding rows marked ``index = -1`` (see
-        :mod:`lightning_wass.datamodules.batch`); they keep every rank's batch the same size but
-        are dropped here, so no particle is updated twice an epoch. One host read per step, under
-        DDP only (one process never pads).
-        """
-        if world == 1:
-            return None
-        real = ~padding_mask(global_index)
-        return None if bool(real.all()) else real
+    def _model_loss(self, losses: Tensor, step: GlobalBatch) -> Tensor:
+        """``(1/m) sum_i loss(theta, v_i)`` over the real rows of the global batch."""
+        if step.padding is None:
+            return losses.mean()
+        return torch.where(step.padding, 0.0, losses).sum() / self._per_sample(step)
 
-    def _read_particles(self, index: Tensor, x: Tensor, padding: Tensor | None) -> tuple[Tensor, Tensor]:
-        """``(v, g)`` of this rank's rows; a padding row reads its own point with zero momentum."""
-        if padding is None:
-            return self.particle_table.read(index)
-        v, g = self.particle_table.read(index.clamp_min(0))
-        pad = padding.reshape((-1,) + (1,) * (x.dim() - 1))
-        return torch.where(pad, x, v), torch.where(pad, torch.zeros_like(g), g)
+    def _particle_ascent(self, v: Tensor, v_old: Tensor, g_old: Tensor, step: GlobalBatch) -> tuple[Tensor, Tensor]:
+        """``g <- mu_v g + d_v loss - (v - x) / gamma``, ``v <- v + tau g`` for this rank's rows."""
+        grad_v = torch.zeros_like(v_old) if v.grad is None else v.grad * self._per_sample(step)
+        direction = ascent_direction(grad_v, v_old, step.x, self.gamma)
+        return heavy_ball_ascent(v_old, g_old, direction, self.particle_lr, self.particle_momentum)
+
+    def _step_optimizers(self, optimizers: list[Any]) -> None:
+        for i, opt in enumerate(optimizers):
+            # one counted (Lightning) step per iteration, so max_steps counts GDA iterations
+            (opt if i == 0 else opt.optimizer).step()
+
+    def _write_particles(self, new: NewRows) -> None:
+        """Every rank writes the global batch's new rows alike (after the warm-up)."""
+        if self.iteration >= self.model_warmup_steps:
+            self.particle_table.write(new.index, new.samples, new.momentum)
 
     def _matching_rows(self, global_index: Tensor) -> tuple[Tensor, int]:
         """This rank's share of the ``m'`` particles the transport map matches this iteration.
@@ -435,10 +400,10 @@ class WorstCaseGenerator(CheckpointedModule, pl.LightningModule):
         after a resume, at O(m') cost. A lazily filled table draws from the (sorted) global batch.
         """
         table = self.particle_table
-        k = self.hparams.transport_batch_size
+        k = self.transport_batch_size
         # a fresh CPU generator (a few microseconds; one kept on the module would not survive
         # ddp_spawn's shared-memory pickling of the module)
-        generator = seeded_generator(None, self.hparams.seed, self.iteration)
+        generator = seeded_generator(None, self.seed, self.iteration)
         if not table.complete:
             ordered = torch.sort(global_index).values
             if k < ordered.shape[0]:
@@ -450,9 +415,9 @@ class WorstCaseGenerator(CheckpointedModule, pl.LightningModule):
             rows = torch.randperm(table.size, generator=generator)[:k]
         else:
             rows = torch.randint(0, table.size, (k,), generator=generator)
-        world, rank = self._world()
-        return rows[rank::world].to(table.device), int(rows.shape[0])
+        return RowExchange(self._trainer).share(rows).to(table.device), int(rows.shape[0])
 
+    # ------------------------------------------------------------------ checks
     @staticmethod
     def _check_index(index: Tensor, size: int) -> None:
         """Dataset indices must address a particle: ``0 <= i < num_particles``."""
@@ -508,45 +473,42 @@ class WorstCaseGenerator(CheckpointedModule, pl.LightningModule):
                 "(and Trainer(precision='64-true') for float64 data)"
             ) from error
 
-    def _record_checks(
-        self, check: StepCheck, losses: Tensor, samples: Tensor, momentum: Tensor, matching: Tensor, origins: Tensor,
-        optimizers: list[Any],
-    ) -> None:
+    def _record_checks(self, check: StepCheck, new: NewRows, optimizers: list[Any]) -> None:
         """What must stay finite and bounded this iteration (read back once, in ``check.verify``).
 
         The order is cause before effect: the model's loss at the particles (read from the table, so
         finite), then the new particles, then the transport map's matching loss, then each update.
         """
-        hp = self.hparams
+        samples, origins = new.samples, self.particle_table.origins[new.index]  # type: ignore[index]
         particle_hint = (
-            f"the inner maximisation diverges: use a smaller gamma (now {hp.gamma:g}; it must keep gamma times the "
-            f"loss's curvature in v below 1) or a smaller particle_lr (now {hp.particle_lr:g})"
+            f"the inner maximisation diverges: use a smaller gamma (now {self.gamma:g}; it must keep gamma times the "
+            f"loss's curvature in v below 1) or a smaller particle_lr (now {self.particle_lr:g})"
         )
-        check.finite("the model's loss on the particles", losses, lambda: self._loss_hint(samples, origins))
-        check.finite("the particles' momentum", momentum, particle_hint)
+        check.finite("the model's loss on the particles", new.losses, lambda: self._loss_hint(samples, origins))
+        check.finite("the particles' momentum", new.momentum, particle_hint)
         if self.max_transport_ratio is not None:
             moved = (samples - origins).detach().flatten(1).norm(dim=1).max() / rms_norm(origins).clamp_min(1e-12)
             check.bounded("the particles' largest move over the data's RMS norm", moved, self.max_transport_ratio, particle_hint)
         else:
             check.finite("the particles", samples, particle_hint)
-        check.finite("the transport map's matching loss", matching, f"lower transport_lr (now {hp.transport_lr:g})")
-        if hp.train_model:
-            check.update("model", optimizers[0], f"lower model_lr (now {hp.model_lr:g})")
-        check.update("transport map", optimizers[-1], f"lower transport_lr (now {hp.transport_lr:g})")
+        check.finite("the transport map's matching loss", new.matching, f"lower transport_lr (now {self.transport_lr:g})")
+        if self.train_model:
+            check.update("model", optimizers[0], f"lower model_lr (now {self.model_lr:g})")
+        check.update("transport map", optimizers[-1], f"lower transport_lr (now {self.transport_lr:g})")
 
     def _loss_hint(self, samples: Tensor, origins: Tensor) -> str:
         """Blame what blew up: the particles (far from their points) or the model (its weights grew)."""
-        hp = self.hparams
         if not bool(torch.isfinite(samples).all()) or (
             self.max_transport_ratio is not None
             and float((samples - origins).flatten(1).norm(dim=1).max() / rms_norm(origins).clamp_min(1e-12)) > 0.1 * self.max_transport_ratio
         ):
-            return f"the particles moved far from the data: use a smaller gamma (now {hp.gamma:g}) or a smaller particle_lr (now {hp.particle_lr:g})"
-        if hp.train_model:
+            return f"the particles moved far from the data: use a smaller gamma (now {self.gamma:g}) or a smaller particle_lr (now {self.particle_lr:g})"
+        if self.train_model:
             norm = float(torch.stack([p.detach().float().norm() for p in self.model.parameters()]).norm())
-            return f"the model's output overflowed (its weights have norm {norm:.3g}): lower model_lr (now {hp.model_lr:g}) or check the loss"
+            return f"the model's output overflowed (its weights have norm {norm:.3g}): lower model_lr (now {self.model_lr:g}) or check the loss"
         return "the frozen model's output is not finite on the data: check the model and the loss"
 
+    # ------------------------------------------------------------------ logging
     def _should_log(self) -> bool:
         trainer = self._trainer
         if trainer is None or not trainer.loggers and not trainer.progress_bar_callback:
@@ -554,25 +516,28 @@ class WorstCaseGenerator(CheckpointedModule, pl.LightningModule):
         connector = getattr(trainer, "_logger_connector", None)
         return bool(getattr(connector, "should_update_logs", True))
 
-    def _log_step(self, losses: Tensor, matching: Tensor, v_old: Tensor, x: Tensor, y: Tensor | None) -> None:
-        """Log the step's statistics at the particles the forward pass used (global-batch means)."""
-        distance_sq = squared_distance(v_old, x)
+    def _log_step(self, new: NewRows, v_old: Tensor, step: GlobalBatch) -> None:
+        """Log the iteration's statistics at the particles the forward pass used (global-batch means):
+        ``loss(theta, v_i)``, the penalty ``||v_i - x_i||^2 / (2 gamma)``, their difference (the
+        objective), the matching loss, the clean loss and the transport distance ``||v_i - x_i||``."""
+        x, y = step.x, step.y
         with torch.no_grad(), eval_mode(self.model):  # logging must not change BatchNorm stats or dropout RNG
             loss_clean = self.compute_losses(self.model(x), y).mean()
-        loss_particles = losses.mean()  # already the global batch
-        penalty = self.trainer.strategy.reduce(distance_sq.mean(), reduce_op="mean") / (2 * self.hparams.gamma)
+        loss_particles = new.losses.mean()  # already the global batch
+        exchange = RowExchange(self._trainer)
+        penalty = exchange.reduce(transport_penalty(v_old, x, self.gamma).mean(), "mean")
         self.log_dict(
             {
                 "train/loss_particles": loss_particles,
                 "train/penalty": penalty,
                 "train/objective": loss_particles - penalty,
-                "train/matching_loss": matching.mean(),
+                "train/matching_loss": new.matching.mean(),
             },
             on_step=True,
             on_epoch=False,
         )
         self.log_dict(
-            {"train/loss_clean": loss_clean, "train/transport_distance": distance_sq.sqrt().mean()},
+            {"train/loss_clean": loss_clean, "train/transport_distance": squared_distance(v_old, x).sqrt().mean()},
             on_step=True,
             on_epoch=False,
             sync_dist=True,
@@ -590,25 +555,20 @@ class WorstCaseGenerator(CheckpointedModule, pl.LightningModule):
             raise RuntimeError("no particles yet: fit the WorstCaseGenerator first")
         rows = table.seen_rows()
         total = table.size if rows is None else int(rows.shape[0])
-        world, rank = self._world()
-        shard: Tensor | slice | None
-        if rows is None:
-            shard = slice(rank, None, world) if world > 1 else None
-        else:
-            shard = rows[rank::world]
-        params = [p for p in self.model.parameters() if p.requires_grad] if self.hparams.train_model else []
-        reduce = (lambda t: self.trainer.strategy.reduce(t, reduce_op="sum")) if world > 1 else None
+        exchange = RowExchange(self._trainer)
+        params = [p for p in self.model.parameters() if p.requires_grad] if self.train_model else []
+        reduce = (lambda t: exchange.reduce(t, "sum")) if exchange.world > 1 else None
         return gradient_norms(
             self.model,
             self.compute_losses,
             table.samples,  # type: ignore[arg-type]
             table.origins,  # type: ignore[arg-type]
             table.targets,
-            self.hparams.gamma,
+            self.gamma,
             parameters=params,
-            weight_decay=self.hparams.model_weight_decay,
-            chunk_size=self.hparams.gradient_norm_chunk_size,
-            rows=shard,
+            weight_decay=self.model_weight_decay,
+            chunk_size=self.gradient_norm_chunk_size,
+            rows=exchange.shard(rows),
             total=total,
             reduce=reduce,
         )
@@ -659,13 +619,14 @@ class WorstCaseGenerator(CheckpointedModule, pl.LightningModule):
 
     # ================================================================== state
     def get_extra_state(self) -> dict[str, Any]:
+        spec = self.transport_spec
         return {
             "iteration": self.iteration,
             "gradient_norms": dict(self.gradient_norms),
             "gradient_norms_iteration": self.gradient_norms_iteration,
             "gradient_norm_history": [dict(h) for h in self.gradient_norm_history],
             # the map's dtype when saved (the precision plugin converts it after setup)
-            "default_transport": None if self._default_transport is None else {**self._default_transport, "dtype": str(self._transport_dtype())},
+            "default_transport": None if spec is None else spec.to_state(self._transport_dtype()),
         }
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
@@ -673,12 +634,10 @@ class WorstCaseGenerator(CheckpointedModule, pl.LightningModule):
         self.gradient_norms = dict(state["gradient_norms"])
         self.gradient_norms_iteration = state["gradient_norms_iteration"]
         self.gradient_norm_history = [dict(h) for h in state["gradient_norm_history"]]
-        facts = state.get("default_transport")
-        if self.transport_map is None and facts is not None:
+        saved = state.get("default_transport")
+        if self.transport_map is None and saved is not None:
             # rebuild the default map before load_state_dict reaches its weights (it loads this
-            # extra state before the children): load_from_checkpoint and ddp_spawn's hand-back work
-            self._default_transport = facts
-            self.transport_map = self._seeded_transport_map(facts["in_features"], facts["condition"])
-            dtype = facts.get("dtype")  # the table's dtype at fit time (its own extra state loads later)
-            if isinstance(dtype, str) and dtype.startswith("torch."):
-                self.transport_map.to(dtype=getattr(torch, dtype[len("torch."):]))
+            # extra state before the children): load_from_checkpoint and ddp_spawn's hand-back work;
+            # in the dtype it had when saved (the table's own extra state loads later)
+            self.transport_spec = TransportMapSpec.from_state(saved)
+            self.transport_map = self._build_default_map(self.transport_spec)
