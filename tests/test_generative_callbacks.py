@@ -14,7 +14,7 @@ from matplotlib.image import imread
 
 from lightning_wass import SampleFigure, TensorDataModule, ToyDataModule, W2GradientFlow, WassersteinMonitor
 from lightning_wass.modules import VAE
-from lightning_wass.modules.generative import GenerativeModel, draw_samples
+from lightning_wass.callbacks.evaluation import GenerativeModel, draw_samples
 from lightning_wass.nn.gan_nets import MLPGenerator
 
 
@@ -157,3 +157,53 @@ def test_demo_part_runs_quickly_and_writes_its_figures(tmp_path) -> None:
     text = "\n".join(section.summary) + section.report_markdown
     assert "WGAN-GP" in text and "W2-FE" in text and "floor" in text
     assert (tmp_path / "report.md").exists()
+
+
+# ----------------------------------------------------------------------------- layout
+def test_every_n_steps_acts_when_a_multiple_is_crossed_and_resumes_on_schedule() -> None:
+    from types import SimpleNamespace
+
+    from lightning_wass.callbacks.every_n_steps import EveryNSteps
+
+    class Record(EveryNSteps):
+        def __init__(self) -> None:
+            super().__init__(every_n_steps=5)
+            self.steps: list[int] = []
+
+        def run_at(self, trainer, pl_module, step: int) -> None:
+            self.last_step = step
+            self.steps.append(step)
+
+    trainer, module = SimpleNamespace(global_step=0), SimpleNamespace(generator_step=0)
+    first = Record()
+    first.on_train_start(trainer, module)
+    for step in (3, 6, 9, 12):  # 3 generator steps a batch
+        module.generator_step = step
+        first.on_train_batch_end(trainer, module)
+    first.on_train_end(trainer, module)
+    assert first.steps == [6, 12]  # floor(6/5) = 1 and floor(12/5) = 2 are new; the end (12) is done already
+    resumed = Record()
+    resumed.load_state_dict(first.state_dict())
+    resumed.on_train_start(trainer, module)
+    for step in (15, 18):
+        module.generator_step = step
+        resumed.on_train_batch_end(trainer, module)
+    resumed.on_train_end(trainer, module)
+    assert resumed.steps == [15, 18]  # 15 crosses 3 x 5; 18 is the end of training
+
+
+def test_callbacks_import_nothing_from_modules_and_no_private_names() -> None:
+    import ast
+    from pathlib import Path
+
+    import lightning_wass
+
+    root = Path(lightning_wass.__file__).parent
+    files = sorted((root / "callbacks").glob("*.py")) + [root / "modules" / n for n in ("generative.py", "wgan.py", "w2_gradient_flow.py", "proximal_flow.py")]
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("lightning_wass"):
+                if path.parent.name == "callbacks":
+                    assert not node.module.startswith("lightning_wass.modules"), (path.name, node.module)
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, (path.name, node.module, private)

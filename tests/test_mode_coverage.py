@@ -13,7 +13,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from lightning_wass import ModeCoverage, ToyDataModule, W2GradientFlow, WassersteinMonitor, mode_coverage, toy_modes
 from lightning_wass.datamodules import make_toy
-from lightning_wass.modules.generative import draw_samples
+from lightning_wass.callbacks.evaluation import draw_samples
 from lightning_wass.nn.gan_nets import MLPGenerator
 
 from trainers import quiet_trainer  # tests/trainers.py

@@ -177,6 +177,31 @@ def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
     assert not torch.equal(first.potential.mlp.net[0].weight, straight.potential.mlp.net[0].weight)
 
 
+def test_resume_from_a_checkpoint_with_the_former_counter_key(tmp_path: Path) -> None:
+    # Before the one generative base, the flow saved {"critic_steps", "potential_steps"} under
+    # "proximal_flow_counters"; such a checkpoint must still resume to the uninterrupted run.
+    def run(epochs: int, ckpt: str | None = None) -> tuple[W1W2ProximalFlow, pl.Trainer]:
+        pl.seed_everything(0, verbose=False)
+        model, data = small_flow(n_critic=3), gaussian_data(n=256, batch_size=32)
+        trainer = quiet_trainer(max_epochs=epochs, limit_val_batches=0)
+        trainer.fit(model, data, ckpt_path=ckpt)
+        return model, trainer
+
+    straight, _ = run(3)
+    first, trainer = run(1)
+    path = tmp_path / "legacy.ckpt"
+    trainer.save_checkpoint(path)
+    checkpoint = torch.load(path, weights_only=False)
+    counters = checkpoint.pop("lightning_wass_counters")
+    assert counters == {"generator_step": first.generator_step, "critic_step": first.critic_step} and counters["critic_step"] == 6
+    checkpoint["proximal_flow_counters"] = {"critic_steps": counters["critic_step"], "potential_steps": counters["generator_step"]}
+    torch.save(checkpoint, path)
+    resumed, _ = run(3, str(path))
+    assert (resumed.critic_step, resumed.generator_step) == (straight.critic_step, straight.generator_step) == (18, 6)
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
 def test_image_data_uses_the_conv_trunk_and_trains() -> None:
     default = W1W2ProximalFlow((1, 28, 28), reference="uniform")
     assert isinstance(default.potential, ConvPotential) and isinstance(default.discriminator, ConvDiscriminator)

@@ -182,6 +182,22 @@ def test_resume_equals_uninterrupted(tmp_path) -> None:
         assert torch.equal(a, b), name
 
 
+def test_resume_from_a_checkpoint_written_before_the_counter_rename(tmp_path) -> None:
+    # Former layout: the noise stream's counter was saved as "_draws" (now "noise_draw").
+    straight, _ = _fit_wgan(tmp_path / "a", epochs=2)
+    _, first = _fit_wgan(tmp_path / "b", epochs=1)
+    checkpoint = torch.load(first.checkpoint_callback.best_model_path, weights_only=False)
+    counters = checkpoint["lightning_wass_counters"]
+    assert counters["noise_draw"] > 0
+    counters["_draws"] = counters.pop("noise_draw")
+    legacy = tmp_path / "legacy.ckpt"
+    torch.save(checkpoint, legacy)
+    resumed, _ = _fit_wgan(tmp_path / "c", epochs=2, ckpt=str(legacy))
+    assert resumed.counters() == straight.counters()
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
 def test_load_from_checkpoint_rebuilds_default_networks_from_the_datamodule_shape(tmp_path) -> None:
     dm = ToyDataModule("8gaussians", train_size=128, val_size=64, batch_size=64)
     model = WGAN(lipschitz="sn", eval_samples=0)  # networks built at fit time from dm.data_shape

@@ -14,7 +14,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
 from lightning_wass._validation import check_choice, check_int
-from lightning_wass.modules.generative import draw_samples, heldout_data, step_count
+from lightning_wass.callbacks.evaluation import draw_samples, heldout_data
+from lightning_wass.callbacks.every_n_steps import EveryNSteps
 
 __all__ = ["SampleFigure", "render_samples"]
 
@@ -82,10 +83,10 @@ def render_samples(samples: Tensor, data: Tensor | None = None, *, title: str = 
     return _figure_to_array(fig)
 
 
-class SampleFigure(pl.Callback):
+class SampleFigure(EveryNSteps):
     """Every ``every_n_steps`` steps, draw ``num_samples`` samples and write them as a figure.
 
-    Works with any module that has ``sample(n)`` (see :mod:`lightning_wass.modules.generative`):
+    Works with any module that has ``sample(n)`` (see :mod:`lightning_wass.callbacks.evaluation`):
     2-D (and other vector) data give a scatter of samples over held-out data, images an image grid.
     Steps are the module's ``generator_step`` when it has one, else ``trainer.global_step``. The
     figure is drawn once more at the end of training; nothing is written in a ``fast_dev_run``. Sampling uses a fixed seed, eval mode and no
@@ -117,8 +118,7 @@ class SampleFigure(pl.Callback):
         seed: int = 0,
         max_images: int = 64,
     ) -> None:
-        super().__init__()
-        self.every_n_steps = check_int("every_n_steps", every_n_steps, minimum=1)
+        super().__init__(every_n_steps)
         self.num_samples = check_int("num_samples", num_samples, minimum=1)
         self.num_data = check_int("num_data", num_data, minimum=0)
         self.split = check_choice("split", split, ("val", "test", "train"))
@@ -131,33 +131,19 @@ class SampleFigure(pl.Callback):
         self.seed = check_int("seed", seed, minimum=0)
         self.max_images = check_int("max_images", max_images, minimum=1)
         self.paths: list[Path] = []
-        self._last_bucket = -1
-        self._last_step = -1
 
     def _directory(self, trainer: pl.Trainer) -> Path:
         if self.dirpath is not None:
             return Path(self.dirpath)
         return Path(trainer.log_dir or trainer.default_root_dir) / "samples"
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        step = step_count(trainer, pl_module)
-        self._last_bucket = max(self._last_bucket, step // self.every_n_steps)
-
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        step = step_count(trainer, pl_module)
-        bucket = step // self.every_n_steps
-        if bucket > self._last_bucket and step > 0:
-            self._last_bucket = bucket
-            self.write(trainer, pl_module, step)
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        step = step_count(trainer, pl_module)
-        if step != self._last_step:
-            self.write(trainer, pl_module, step)
+    def run_at(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> Path | None:
+        """The every-N-steps action: :meth:`write`."""
+        return self.write(trainer, pl_module, step)
 
     def write(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> Path | None:
         """Draw the samples and write the figure for ``step`` now; returns the PNG path (global zero)."""
-        self._last_step = step
+        self.last_step = step
         if not trainer.is_global_zero or trainer.fast_dev_run:
             return None  # like Lightning's own loggers and checkpoints, nothing is written in a fast_dev_run
         samples = draw_samples(pl_module, self.num_samples, seed=self.seed)
@@ -179,10 +165,3 @@ class SampleFigure(pl.Callback):
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image(self.tag, torch.from_numpy(image), global_step=step, dataformats="HWC")
         return path
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"last_bucket": self._last_bucket, "last_step": self._last_step}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._last_bucket = int(state_dict.get("last_bucket", -1))
-        self._last_step = int(state_dict.get("last_step", -1))

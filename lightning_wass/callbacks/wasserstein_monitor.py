@@ -13,12 +13,13 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning_wass._validation import check_choice, check_int, check_positive
 from lightning_wass.callbacks.sample_figure import check_name
 from lightning_wass.metrics import mode_coverage
-from lightning_wass.modules.generative import draw_samples, exact_distances, floor_samples, heldout_data, step_count
+from lightning_wass.callbacks.evaluation import draw_samples, exact_distances, floor_samples, heldout_data, step_count
+from lightning_wass.callbacks.every_n_steps import EveryNSteps
 
 __all__ = ["WassersteinMonitor"]
 
 
-class WassersteinMonitor(pl.Callback):
+class WassersteinMonitor(EveryNSteps):
     r"""Every ``every_n_steps`` steps, log ``W_p(samples, held-out data)`` and its sample floor.
 
     ``W_p(mu, nu) = (min_{P in U(1/n, 1/n)} sum_ij P_ij ||x_i - y_j||^p)^(1/p)`` is solved exactly
@@ -29,7 +30,7 @@ class WassersteinMonitor(pl.Callback):
     distribution (DESIGN.md section 6), averaged over ``floor_repeats`` disjoint training subsets; a
     perfect generator sits at the floor, not at zero, so judge a generator by ``ratio = W_p / floor``.
 
-    Works with any module that has ``sample(n)`` (see :mod:`lightning_wass.modules.generative`);
+    Works with any module that has ``sample(n)`` (see :mod:`lightning_wass.callbacks.evaluation`);
     steps are the module's ``generator_step`` when it has one, else ``trainer.global_step``. The
     distance is also measured once before training (step 0) and once at the end.
 
@@ -81,8 +82,7 @@ class WassersteinMonitor(pl.Callback):
         seed: int = 0,
         modes: tuple[torch.Tensor, float] | None = None,
     ) -> None:
-        super().__init__()
-        self.every_n_steps = check_int("every_n_steps", every_n_steps, minimum=1)
+        super().__init__(every_n_steps)
         self.num_samples = check_int("num_samples", num_samples, minimum=2)
         if isinstance(p, (str, bytes)) or not isinstance(p, (int, Sequence)):
             raise TypeError(f"p must be 1, 2 or a non-empty list of them, got {type(p).__name__} ({p!r})")
@@ -99,8 +99,6 @@ class WassersteinMonitor(pl.Callback):
         self.modes = None if modes is None else _check_modes("modes", modes)
         self._warned_modes = False
         self.history: list[dict[str, float]] = []
-        self._last_bucket = -1
-        self._last_step = -1
         self._reference: torch.Tensor | None = None
         self._floor: dict[int, float] | None = None
         self._start = 0.0
@@ -137,22 +135,13 @@ class WassersteinMonitor(pl.Callback):
         self._own_seconds = 0.0
         self._cpu_start = time.process_time()
         self._own_cpu_seconds = 0.0
-        step = step_count(trainer, pl_module)
-        self._last_bucket = max(self._last_bucket, step // self.every_n_steps)
-        if self._last_step < 0:  # not resumed: measure the initial model
-            self.measure(trainer, pl_module, step)
+        super().on_train_start(trainer, pl_module)
+        if self.last_step < 0:  # not resumed: measure the initial model
+            self.measure(trainer, pl_module, step_count(trainer, pl_module))
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        step = step_count(trainer, pl_module)
-        bucket = step // self.every_n_steps
-        if bucket > self._last_bucket and step > 0:
-            self._last_bucket = bucket
-            self.measure(trainer, pl_module, step)
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        step = step_count(trainer, pl_module)
-        if step != self._last_step:
-            self.measure(trainer, pl_module, step)
+    def run_at(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> dict[str, float]:
+        """The every-N-steps action: :meth:`measure`."""
+        return self.measure(trainer, pl_module, step)
 
     def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> dict[str, float]:
         """Measure now, log, append to :attr:`history` and return the figures."""
@@ -160,7 +149,7 @@ class WassersteinMonitor(pl.Callback):
         began_cpu = time.process_time()
         self._prepare(trainer)
         assert self._reference is not None and self._floor is not None
-        self._last_step = step
+        self.last_step = step
         generated = draw_samples(pl_module, len(self._reference), seed=self.seed)
         if tuple(generated.shape[1:]) != tuple(self._reference.shape[1:]):
             raise ValueError(
@@ -212,11 +201,10 @@ class WassersteinMonitor(pl.Callback):
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        return {"last_bucket": self._last_bucket, "last_step": self._last_step, "history": list(self.history)}
+        return {**super().state_dict(), "history": list(self.history)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._last_bucket = int(state_dict.get("last_bucket", -1))
-        self._last_step = int(state_dict.get("last_step", -1))
+        super().load_state_dict(state_dict)
         self.history = list(state_dict.get("history", []))
 
 

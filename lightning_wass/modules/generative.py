@@ -1,61 +1,69 @@
-"""The interface every generative module shares, and where held-out data comes from.
+"""The base classes of the generative modules: :class:`GenerativeModule` and :class:`LatentGenerativeModule`.
 
-What a generative module provides
----------------------------------
-Every generative LightningModule in lightning_wass (:class:`~lightning_wass.modules.WGAN`,
-:class:`~lightning_wass.modules.W2GradientFlow`, ``W1W2ProximalFlow``, ``VAE``) provides
+:class:`GenerativeModule` is the one base of :class:`~lightning_wass.modules.WGAN`,
+:class:`~lightning_wass.modules.W2GradientFlow` and :class:`~lightning_wass.modules.W1W2ProximalFlow`.
+It gives every one of them, written once:
 
-- ``sample(n: int) -> Tensor``: **required**. ``n`` fresh samples of shape ``(n, *data_shape)`` on
-  the module's device, drawn with torch's global random generator (so a caller can make the draw
-  reproducible with :func:`isolated_rng` without disturbing training).
-- ``generator_step: int``: *optional*. The number of generator updates so far. Callbacks that act
-  "every N steps" (:class:`~lightning_wass.callbacks.SampleFigure`,
-  :class:`~lightning_wass.callbacks.WassersteinMonitor`) count these when the module has them and
-  ``trainer.global_step`` otherwise (with two optimizers in manual optimization Lightning's
-  ``global_step`` counts critic and generator steps together).
+- **counters** named ``<network>_step`` (the number of that network's updates so far, like
+  Lightning's ``global_step``): ``generator_step`` for every module (the generator, or the proximal
+  flow's potential), plus those a subclass lists in :attr:`GenerativeModule.counter_names`
+  (``critic_step``, ``outer_step``, the noise stream's ``noise_draw``). They are saved in checkpoints
+  under :data:`COUNTERS_KEY` and restored with the parameters when a step diverges. Checkpoints
+  written before this layout (the proximal flow's ``"proximal_flow_counters"`` with
+  ``critic_steps`` / ``potential_steps``, and the ``_draws`` counter of the latent generators) still
+  load: see :data:`LEGACY_COUNTER_NAMES`;
+- **seeded random streams**: :meth:`GenerativeModule.random_stream` is
+  ``seeded_generator(device, seed, rank, *parts)`` (:mod:`lightning_wass.seeding`), so replicas under
+  DDP draw different numbers and a resumed run draws what the uninterrupted one would have;
+- **the DDP zero-gradient trick** :meth:`GenerativeModule.zero_touch`;
+- **divergence reporting through the guard** (:mod:`lightning_wass.guard`):
+  :meth:`GenerativeModule.guarded_step`, :meth:`~GenerativeModule.check_finite`,
+  :meth:`~GenerativeModule.check_batch`, :meth:`~GenerativeModule.check_samples`.
 
-Nothing else is required: a module that has ``sample(n)`` works with both callbacks. The callbacks
-call it through :func:`draw_samples`, which puts the module in eval mode, disables autograd and
-forks the random state, so sampling never changes training (BatchNorm statistics, RNG streams).
+:class:`LatentGenerativeModule` adds what only latent-noise generators ``x = G(z)``,
+``z ~ N(0, I)`` have (WGAN, W2-FE): ``latent_dim``, :meth:`~LatentGenerativeModule.noise`,
+``sample(n)`` through ``G`` and the validation that logs the exact ``W1`` / ``W2`` (POT) between
+generated and held-out samples. The proximal flow, which pushes a reference distribution through
+an ODE instead, subclasses :class:`GenerativeModule` directly.
 
-Where held-out data comes from
-------------------------------
-:func:`heldout_data` returns a whole held-out split as one tensor: ``trainer.datamodule.tensors(split)``
-when the DataModule is an :class:`~lightning_wass.datamodules.InMemoryDataModule` (every
-lightning_wass DataModule is), otherwise the concatenated ``x`` of the Trainer's validation
-dataloaders. :func:`floor_data` returns an *independent* sample of the same distribution (the
-training split) for the sample floor of Wasserstein distances (DESIGN.md section 6): two
-independent ``n``-point samples of one distribution are themselves a positive ``W_p`` apart, so a
-generator is judged by its distance divided by that floor.
-
-:class:`LatentGenerativeModule` is the base of the two latent-noise generators in this package
-(a generator network ``G: z -> x`` with ``z ~ N(0, I)``): it builds the default networks from the
-data shape, draws training noise reproducibly, implements ``sample(n)``, counts generator steps,
-and logs the exact ``W1`` and ``W2`` (POT) between generated and held-out samples at validation.
+How the callbacks evaluate any of these modules (``sample(n)``, ``generator_step``, held-out
+data, the sample floor) is in :mod:`lightning_wass.callbacks.evaluation`; its helpers are
+re-exported here for code written against the former layout.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lightning_wass.callbacks.evaluation import (
+    GenerativeModel,
+    draw_samples,
+    exact_distances,
+    floor_data,
+    floor_samples,
+    heldout_data,
+    isolated_rng,
+    step_count,
+)
 from lightning_wass.checkpoints import CheckpointedModule
 from lightning_wass._validation import check_data_batch, check_int, raise_if_diverged
 from lightning_wass.datamodules.batch import unpack_batch
 from lightning_wass.guard import StepCheck, UpdateGuard, rms_ratio
 from lightning_wass.nn.gan_nets import is_image_shape
-from lightning_wass.nn.modes import eval_mode
 from lightning_wass.seeding import seeded_generator
 
 __all__ = [
+    "COUNTERS_KEY",
     "GenerativeModel",
+    "GenerativeModule",
+    "LEGACY_COUNTER_NAMES",
     "LatentGenerativeModule",
     "default_latent_dim",
     "draw_samples",
@@ -68,12 +76,18 @@ __all__ = [
     "step_count",
 ]
 
+COUNTERS_KEY = "lightning_wass_counters"
+"""The checkpoint key under which every generative module saves its counters (``{name: int}``)."""
 
-@runtime_checkable
-class GenerativeModel(Protocol):
-    """What the generative callbacks need from a module: ``sample(n)`` of shape ``(n, *data_shape)``."""
+LEGACY_COUNTERS_KEY = "proximal_flow_counters"
+"""The key the proximal flow used before (read when :data:`COUNTERS_KEY` is absent)."""
 
-    def sample(self, n: int) -> Tensor: ...
+LEGACY_COUNTER_NAMES: Mapping[str, str] = {
+    "critic_steps": "critic_step",
+    "potential_steps": "generator_step",
+    "_draws": "noise_draw",
+}
+"""Former counter names in checkpoints -> the current ones (read when loading an older checkpoint)."""
 
 
 def default_latent_dim(data_shape: Sequence[int]) -> int:
@@ -100,122 +114,9 @@ def infer_latent_dim(generator: nn.Module | None, latent_dim: int | None) -> int
     )
 
 
-
-# ------------------------------------------------------------------------------ helpers for callers
-def step_count(trainer: pl.Trainer, pl_module: pl.LightningModule) -> int:
-    """The module's ``generator_step`` when it has one, else ``trainer.global_step``."""
-    step = getattr(pl_module, "generator_step", None)
-    if isinstance(step, (int, np.integer)) and not isinstance(step, bool):
-        return int(step)
-    return int(trainer.global_step)
-
-
 @contextlib.contextmanager
-def isolated_rng(seed: int, device: torch.device | None = None) -> Iterator[None]:
-    """Run the block with torch's global generator(s) seeded by ``seed``, then restore their state."""
-    devices = [device.index or 0] if device is not None and device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
-
-
-def draw_samples(module: nn.Module, n: int, *, seed: int = 0) -> Tensor:
-    """``module.sample(n)`` in eval mode, without autograd, with a forked RNG seeded by ``seed``.
-
-    Returns a detached float CPU tensor. Raises ``TypeError`` if ``module`` has no ``sample`` method
-    and ``ValueError`` if the result does not have ``n`` rows.
-    """
-    if not callable(getattr(module, "sample", None)):
-        raise TypeError(
-            f"{type(module).__name__} has no sample(n) method; the generative callbacks need a module "
-            "with sample(n: int) -> Tensor of shape (n, *data_shape) (see lightning_wass.modules.generative)"
-        )
-    n = check_int("num_samples", n, minimum=1)
-    device = next((p.device for p in module.parameters()), None)
-    with eval_mode(module), torch.no_grad(), isolated_rng(seed, device):
-        x = module.sample(n)
-    if not isinstance(x, Tensor) or x.ndim < 1 or x.shape[0] != n:
-        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(f"{type(module).__name__}.sample({n}) must return a tensor with {n} rows, got {shape}")
-    return x.detach().float().cpu()
-
-
-def heldout_data(trainer: pl.Trainer, split: str = "val", max_samples: int | None = None) -> Tensor:
-    """A held-out split's features ``x`` as one CPU tensor (the first ``max_samples`` points).
-
-    From ``trainer.datamodule.tensors(split)`` when available, otherwise (``split="val"`` only) by
-    iterating ``trainer.val_dataloaders``. Raises ``ValueError`` naming both sources when neither
-    gives data.
-    """
-    datamodule = getattr(trainer, "datamodule", None)
-    x: Tensor | None = None
-    if datamodule is not None and callable(getattr(datamodule, "tensors", None)):
-        x = datamodule.tensors(split)[0]
-    elif split == "val":
-        loaders = trainer.val_dataloaders
-        if loaders is None:
-            # Outside validation the Trainer may not have built them yet.
-            with contextlib.suppress(Exception):
-                trainer.fit_loop.epoch_loop.val_loop.setup_data()
-            loaders = trainer.val_dataloaders
-        if loaders is not None:
-            loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
-            parts: list[Tensor] = []
-            count = 0
-            for loader in loaders:
-                for batch in loader:
-                    parts.append(unpack_batch(batch).x.detach().cpu())
-                    count += len(parts[-1])
-                    if max_samples is not None and count >= max_samples:
-                        break
-            x = torch.cat(parts) if parts else None
-    if x is None or len(x) == 0:
-        raise ValueError(
-            f"no held-out data for split {split!r}: use a DataModule with tensors(split) (any "
-            "lightning_wass DataModule, with val_fraction > 0) or give the Trainer validation dataloaders"
-        )
-    x = x.detach().float().cpu()
-    return x if max_samples is None else x[:max_samples]
-
-
-def floor_data(trainer: pl.Trainer, n: int, *, seed: int = 0, split: str = "train") -> Tensor | None:
-    """``n`` points of ``split`` (default the training split, independent of the held-out one) drawn
-    without replacement with a seeded permutation, for the sample floor; ``None`` if unavailable."""
-    subsets = floor_samples(trainer, n, repeats=1, seed=seed, split=split)
-    return subsets[0] if subsets else None
-
-
-def floor_samples(trainer: pl.Trainer, n: int, *, repeats: int = 5, seed: int = 0, split: str = "train") -> list[Tensor]:
-    """Up to ``repeats`` disjoint ``n``-point subsets of ``split`` (a seeded permutation cut in blocks).
-
-    The floor ``E W_p(an independent n-sample, held-out)`` is estimated by averaging over them: one
-    subset alone is a noisy estimate (for 8 Gaussians and ``n = 1,000`` single draws range from about
-    0.31 to 0.46). Empty if the DataModule has no ``tensors`` or the split has fewer than ``n`` points.
-    """
-    datamodule = getattr(trainer, "datamodule", None)
-    if datamodule is None or not callable(getattr(datamodule, "tensors", None)):
-        return []
-    x = datamodule.tensors(split)[0]
-    count = min(repeats, len(x) // n) if n > 0 else 0
-    index = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    return [x[index[i * n : (i + 1) * n]].detach().float().cpu() for i in range(count)]
-
-
-def exact_distances(x: Tensor, y: Tensor, ps: Sequence[int] = (1, 2)) -> dict[int, float]:
-    """Exact ``W_p`` between the point clouds ``x`` and ``y`` (flattened to ``(n, d)``) for each ``p``.
-
-    Uses :func:`lightning_wass.ot.wasserstein_distance` (POT's network simplex) in float64.
-    """
-    from lightning_wass.ot import wasserstein_distance
-
-    x = x.detach().reshape(len(x), -1).double().cpu()
-    y = y.detach().reshape(len(y), -1).double().cpu()
-    return {int(p): float(wasserstein_distance(x, y, p=p, method="exact")) for p in ps}
-
-
-@contextlib.contextmanager
-def _tracked(module: nn.Module, step: contextlib.AbstractContextManager[StepCheck]) -> Iterator[StepCheck]:
-    """Enter ``step`` and make its check the module's current one (for :meth:`check_finite`)."""
+def tracked_check(module: nn.Module, step: contextlib.AbstractContextManager[StepCheck]) -> Iterator[StepCheck]:
+    """Enter ``step`` and make its check the module's current one (read by :meth:`GenerativeModule.check_finite`)."""
     with step as check:
         module.__dict__["_check"] = check
         try:
@@ -224,20 +125,144 @@ def _tracked(module: nn.Module, step: contextlib.AbstractContextManager[StepChec
             module.__dict__["_check"] = None
 
 
-# ----------------------------------------------------------------------------- shared base class
-class LatentGenerativeModule(CheckpointedModule, pl.LightningModule):
+# ----------------------------------------------------------------------------- the one base
+class GenerativeModule(CheckpointedModule, pl.LightningModule):
+    """Base of the generative modules: counters, seeded streams, the DDP zero-gradient trick and
+    divergence reporting through :mod:`lightning_wass.guard` (see the module docstring).
+
+    Subclasses call :meth:`init_generative` from ``__init__`` and list their counters in
+    :attr:`counter_names`; a training step runs inside ``with self.guarded_step() as check:``.
+    """
+
+    counter_names: tuple[str, ...] = ("generator_step",)
+    """The integer attributes saved in checkpoints and restored when a step diverges."""
+
+    max_update_ratio: float | None = 1e3
+    """One step may move an optimizer's parameters at most this many times their norm (``None``: no bound)."""
+    sample_spread_bound: float | None = 1e3
+    """Generated samples may be at most this many times the data batch's RMS norm (``None``: no bound)."""
+
+    def init_generative(self, *, seed: int, seed_minimum: int | None = 0) -> None:
+        """Set ``seed`` (checked, ``>= seed_minimum`` unless ``None``) and every counter to 0."""
+        self.seed = check_int("seed", seed, minimum=seed_minimum)
+        for name in self.counter_names:
+            setattr(self, name, 0)
+
+    # ------------------------------------------------------------------ seeded streams
+    @property
+    def rank(self) -> int:
+        """This process's global rank (0 before a Trainer is attached)."""
+        return int(self.global_rank) if self._trainer is not None else 0
+
+    def random_stream(self, *parts: int) -> torch.Generator:
+        """A fresh ``torch.Generator`` on the module's device seeded by ``(seed, rank, *parts)``
+        (:func:`lightning_wass.seeding.seeded_generator`)."""
+        return seeded_generator(self.device, self.seed, self.rank, *parts)
+
+    # ------------------------------------------------------------------ DDP
+    def zero_touch(self, *modules: nn.Module) -> Tensor:
+        """``0 * sum(p.sum())`` over the trainable parameters of ``modules``, added to a loss.
+
+        Under DDP with ``find_unused_parameters=False`` (the default), every backward must reach every
+        parameter DDP tracks, or its gradient reduction never completes. A step that updates one
+        network (the critic, say) while the other (the generator) is not in its graph adds this term:
+        the other network gets an exact zero gradient at the cost of one tiny op per parameter, and
+        the update is unchanged. (Freezing the other network with ``requires_grad_(False)`` does not
+        help: DDP's reducer fixes the set of parameters it waits for when it wraps the module.)
+        """
+        terms = [p.sum() for m in modules for p in m.parameters() if p.requires_grad]
+        if not terms:
+            return torch.zeros((), device=self.device)
+        return torch.stack(terms).sum() * 0.0
+
+    # ------------------------------------------------------------------ divergence (lightning_wass.guard)
+    def where(self) -> str:
+        """The module and step named in divergence messages."""
+        return f"{type(self).__name__} generator step {self.generator_step}"
+
+    def guarded_step(self) -> contextlib.AbstractContextManager[StepCheck]:
+        """``with self.guarded_step() as check:`` around a training step (see :mod:`lightning_wass.guard`).
+
+        A diverged step restores the networks, the optimizer states and the :attr:`counter_names`
+        before :class:`~lightning_wass.DivergenceError` propagates, so nothing diverged reaches a
+        checkpoint.
+        """
+        guard = UpdateGuard.of(self, self.max_update_ratio)
+        return tracked_check(self, guard.step(self.where(), owner=self, counters=self.counter_names))
+
+    def current_check(self) -> StepCheck | None:
+        """The running guarded step's check (``None`` outside one)."""
+        return self.__dict__.get("_check")
+
+    def check_finite(self, what: str, value: Tensor, hint: str) -> None:
+        """``value`` must be finite: recorded in the running guarded step (read back once at its end),
+        or checked now outside one; :class:`~lightning_wass.DivergenceError` names the module and step."""
+        check = self.current_check()
+        if check is not None:
+            check.finite(what, value, hint)
+        else:
+            raise_if_diverged(what, value, where=self.where(), hint=hint)
+
+    def check_batch(
+        self,
+        x: Tensor,
+        check: StepCheck | None = None,
+        *,
+        hint: str = "clean the data (the DataModules refuse non-finite data at setup)",
+        parameters: nn.Module | None = None,
+    ) -> None:
+        """A training batch must match what the module was built for: float, ``(n, *data_shape)``,
+        the dtype of ``parameters`` (default: the module's), and (recorded in ``check``, read back
+        with the step's flags) finite (``ValueError`` with ``hint``)."""
+        check_data_batch(type(self).__name__, x, getattr(self, "data_shape", None), self if parameters is None else parameters)
+        if check is not None:
+            check.finite("the training batch", x, hint, error=ValueError)
+
+    def check_samples(self, generated: Tensor, data: Tensor, hint: str, *, what: str = "the generator output") -> None:
+        """Generated samples must be finite and within :attr:`sample_spread_bound` times the data's RMS norm.
+
+        ``rms(x) = sqrt(mean_i ||x_i||^2)``; the bound is on ``rms(generated) / rms(data)``.
+        """
+        self.check_finite(what, generated, hint)
+        self.check_spread(generated, data, hint, what=what)
+
+    def check_spread(self, generated: Tensor, data: Tensor, hint: str, *, what: str = "the generator output") -> None:
+        """Record ``rms(generated) / rms(data) <= sample_spread_bound`` in the running guarded step."""
+        check = self.current_check()
+        if check is None or self.sample_spread_bound is None:
+            return
+        check.bounded(f"the RMS norm of {what} over the data batch's", rms_ratio(generated, data), self.sample_spread_bound, hint)
+
+    # ------------------------------------------------------------------ counters in checkpoints
+    def counters(self) -> dict[str, int]:
+        """The current value of every counter in :attr:`counter_names`."""
+        return {name: int(getattr(self, name)) for name in self.counter_names}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[COUNTERS_KEY] = self.counters()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        stored = checkpoint.get(COUNTERS_KEY)
+        if stored is None:
+            stored = checkpoint.get(LEGACY_COUNTERS_KEY, {})
+        for name, value in stored.items():
+            name = LEGACY_COUNTER_NAMES.get(name, name)
+            if name in self.counter_names:
+                setattr(self, name, int(value))
+
+
+# ----------------------------------------------------------------------------- latent-noise generators
+class LatentGenerativeModule(GenerativeModule):
     """Base of latent-noise generators ``x = G(z)``, ``z ~ N(0, I_latent_dim)``.
 
     Subclasses set ``self.generator`` (an ``nn.Module`` mapping ``(n, latent_dim)`` to
     ``(n, *data_shape)``), ``self.latent_dim`` and ``self.data_shape`` (``None`` until known), and
-    call :meth:`_init_generative` from ``__init__``. They get:
+    call :meth:`init_latent` from ``__init__``. On top of :class:`GenerativeModule` they get:
 
     - :meth:`sample` (the shared interface), in eval mode when called through :func:`draw_samples`;
-    - :meth:`noise`: training noise drawn from a stream seeded by ``(seed, rank, draw number)``, so
-      replicas under DDP draw different ``z`` and a resumed run draws the same ``z`` as an
-      uninterrupted one (the draw counter is saved in the checkpoint);
-    - counters ``generator_step`` (and whatever else the subclass adds to :attr:`_counters`),
-      saved in checkpoints;
+    - :meth:`noise`: training noise drawn from the stream ``(seed, rank, noise_draw)``, so replicas
+      under DDP draw different ``z`` and a resumed run draws the same ``z`` as an uninterrupted one
+      (``noise_draw`` is a counter, saved in the checkpoint);
     - validation that collects the held-out batches and logs ``val/W1`` and ``val/W2``: exact
       distances (POT) between up to ``eval_samples`` held-out points and as many samples (drawn
       with a fixed seed, so the figure is the same on every replica and not noisier than needed).
@@ -247,12 +272,13 @@ class LatentGenerativeModule(CheckpointedModule, pl.LightningModule):
     latent_dim: int | None
     data_shape: tuple[int, ...] | None
 
-    def _init_generative(self, *, seed: int, eval_samples: int) -> None:
-        self.seed = check_int("seed", seed, minimum=0)
+    counter_names = ("generator_step", "noise_draw")
+
+    def init_latent(self, *, seed: int, eval_samples: int) -> None:
+        """:meth:`GenerativeModule.init_generative` plus ``eval_samples`` (``>= 0``)."""
+        self.init_generative(seed=seed)
         self.eval_samples = check_int("eval_samples", eval_samples, minimum=0)
-        self.generator_step = 0
-        self._draws = 0
-        self._val_x: list[Tensor] = []
+        self.val_batches: list[Tensor] = []
 
     # ------------------------------------------------------------------ the shared interface
     def sample(self, n: int) -> Tensor:
@@ -268,18 +294,16 @@ class LatentGenerativeModule(CheckpointedModule, pl.LightningModule):
 
     # ------------------------------------------------------------------ training noise
     def noise(self, n: int) -> Tensor:
-        """Training noise ``z`` of shape ``(n, latent_dim)`` from the stream ``(seed, rank, draw)``."""
+        """Training noise ``z`` of shape ``(n, latent_dim)`` from the stream ``(seed, rank, noise_draw)``."""
         assert self.latent_dim is not None
-        rank = self.global_rank if self._trainer is not None else 0
-        generator = seeded_generator(self.device, self.seed, rank, self._draws)
-        self._draws += 1
+        generator = self.random_stream(self.noise_draw)
+        self.noise_draw += 1
         return torch.randn(n, self.latent_dim, generator=generator, device=self.device)
 
     def uniform(self, n: int) -> Tensor:
-        """Uniform ``[0, 1)`` numbers of shape ``(n,)`` from the same reproducible stream as :meth:`noise`."""
-        rank = self.global_rank if self._trainer is not None else 0
-        generator = seeded_generator(self.device, self.seed, rank, self._draws, 1)
-        self._draws += 1
+        """Uniform ``[0, 1)`` numbers of shape ``(n,)`` from the stream ``(seed, rank, noise_draw, 1)``."""
+        generator = self.random_stream(self.noise_draw, 1)
+        self.noise_draw += 1
         return torch.rand(n, generator=generator, device=self.device)
 
     def generate(self, z: Tensor, data: Tensor | None = None) -> Tensor:
@@ -293,74 +317,18 @@ class LatentGenerativeModule(CheckpointedModule, pl.LightningModule):
             )
         return x
 
-    # ------------------------------------------------------------------ divergence (lightning_wass.guard)
-    max_update_ratio: float | None = 1e3
-    """One step may move an optimizer's parameters at most this many times their norm (``None``: no bound)."""
-    sample_spread_bound: float | None = 1e3
-    """Generated samples may be at most this many times the data batch's RMS norm (``None``: no bound)."""
-
-    def where(self) -> str:
-        """The module and step named in divergence messages."""
-        return f"{type(self).__name__} generator step {self.generator_step}"
-
-    def guarded_step(self) -> contextlib.AbstractContextManager[StepCheck]:
-        """``with self.guarded_step() as check:`` around a training step (see :mod:`lightning_wass.guard`).
-
-        A diverged step restores the networks, the optimizer states and :attr:`_counters` before
-        :class:`~lightning_wass.DivergenceError` propagates, so nothing diverged reaches a checkpoint.
-        """
-        guard = UpdateGuard.of(self, self.max_update_ratio)
-        return _tracked(self, guard.step(self.where(), owner=self, counters=self._counters))
-
-    def check_finite(self, what: str, value: Tensor, hint: str) -> None:
-        """``value`` must be finite: recorded in the running guarded step (read back once at its end),
-        or checked now outside one; :class:`~lightning_wass.DivergenceError` names the module and step."""
-        check = self.__dict__.get("_check")
-        if check is not None:
-            check.finite(what, value, hint)
-        else:
-            raise_if_diverged(what, value, where=self.where(), hint=hint)
-
-    def check_batch(self, x: Tensor, check: StepCheck | None = None) -> None:
-        """A training batch must match what the module was built for: float, ``(n, *data_shape)``,
-        the parameters' dtype, and (recorded in ``check``, read back with the step's flags) finite."""
-        check_data_batch(type(self).__name__, x, self.data_shape, self)
-        if check is not None:
-            check.finite("the training batch", x, "clean the data (the DataModules refuse non-finite data at setup)", error=ValueError)
-
-    def check_samples(self, generated: Tensor, data: Tensor, hint: str, *, what: str = "the generator output") -> None:
-        """Generated samples must be finite and within :attr:`sample_spread_bound` times the data's RMS norm.
-
-        ``rms(x) = sqrt(mean_i ||x_i||^2)``; the bound is on ``rms(generated) / rms(data)``.
-        """
-        self.check_finite(what, generated, hint)
-        check = self.__dict__.get("_check")
-        if check is None or self.sample_spread_bound is None:
-            return
-        check.bounded(f"the RMS norm of {what} over the data batch's", rms_ratio(generated, data), self.sample_spread_bound, hint)
-
-    # ------------------------------------------------------------------ counters in checkpoints
-    _counters: tuple[str, ...] = ("generator_step", "_draws")
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["lightning_wass_counters"] = {name: int(getattr(self, name)) for name in self._counters}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        for name, value in checkpoint.get("lightning_wass_counters", {}).items():
-            setattr(self, name, int(value))
-
     # ------------------------------------------------------------------ validation: exact W1, W2
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._val_x.append(unpack_batch(batch).x.detach())
+        self.val_batches.append(unpack_batch(batch).x.detach())
 
     def on_validation_epoch_start(self) -> None:
-        self._val_x = []
+        self.val_batches = []
 
     def on_validation_epoch_end(self) -> None:
-        if not self._val_x or self.eval_samples == 0:
+        if not self.val_batches or self.eval_samples == 0:
             return
-        held_out = torch.cat(self._val_x)
-        self._val_x = []
+        held_out = torch.cat(self.val_batches)
+        self.val_batches = []
         if self.trainer.world_size > 1:
             held_out = self.all_gather(held_out).flatten(0, 1)
         held_out = held_out[: self.eval_samples]
@@ -374,18 +342,3 @@ class LatentGenerativeModule(CheckpointedModule, pl.LightningModule):
     def validation_metrics(self, held_out: Tensor, generated: Tensor) -> dict[str, float]:
         """Extra validation figures from the held-out points and as many samples (override to add some)."""
         return {}
-
-    def zero_touch(self, *modules: nn.Module) -> Tensor:
-        """``0 * sum(p.sum())`` over the trainable parameters of ``modules``, added to a loss.
-
-        Under DDP with ``find_unused_parameters=False`` (the default), every backward must reach every
-        parameter DDP tracks, or its gradient reduction never completes. A step that updates one
-        network (the critic, say) while the other (the generator) is not in its graph adds this term:
-        the other network gets an exact zero gradient at the cost of one tiny op per parameter, and
-        the update is unchanged. (Freezing the other network with ``requires_grad_(False)`` does not
-        help: DDP's reducer fixes the set of parameters it waits for when it wraps the module.)
-        """
-        terms = [p.sum() for m in modules for p in m.parameters() if p.requires_grad]
-        if not terms:
-            return torch.zeros((), device=self.device)
-        return torch.stack(terms).sum() * 0.0

@@ -51,11 +51,15 @@ DDP ranks. It runs its autograd inside ``torch.inference_mode(False)`` + ``torch
 so a default ``Trainer()`` works. :class:`~lightning_wass.callbacks.HJResidualStopping` stops on them.
 
 Steps: Lightning's ``global_step`` counts both optimizers' steps (``max_steps = (n_critic + 1) x``
-potential steps); :attr:`critic_steps` and :attr:`potential_steps` (= ``generator_step``) count
-each, and are checkpointed. Reference samples and penalty interpolates come from generators seeded
-by ``(seed, rank, global_step)``: replicas draw different samples, and a resumed run draws what the
-uninterrupted run would have. DDP works with the default ``find_unused_parameters=False`` (the
-network a step does not update gets exact zero gradients).
+potential steps); :attr:`critic_step` and :attr:`generator_step` (the potential's updates) count
+each, and are checkpointed with every generative module's counters
+(:class:`~lightning_wass.modules.generative.GenerativeModule`; ``critic_steps`` and
+``potential_steps`` are their former names, kept as aliases, and checkpoints that stored them still
+load). Reference samples and penalty interpolates come from the streams ``(seed, rank,
+global_step, stream)`` (:meth:`~lightning_wass.modules.generative.GenerativeModule.random_stream`):
+replicas draw different samples, and a resumed run draws what the uninterrupted run would have. DDP
+works with the default ``find_unused_parameters=False`` (the network a step does not update gets
+exact zero gradients, :meth:`~lightning_wass.modules.generative.GenerativeModule.zero_touch`).
 
 Differences from the official code (deliberate): the kinetic energy uses the same gradients as the
 rollout, at ``(x_k, t_k)`` (exact gradient of the discretised objective; the official code
@@ -78,15 +82,14 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lightning_wass.checkpoints import CheckpointedModule
-from lightning_wass._validation import check_betas, check_choice, check_data_batch, check_int, check_positive, raise_if_diverged
+from lightning_wass._validation import check_betas, check_choice, check_int, check_positive, raise_if_diverged
 from lightning_wass.datamodules.batch import unpack_batch
-from lightning_wass.guard import StepCheck, UpdateGuard, rms_ratio
+from lightning_wass.guard import StepCheck
+from lightning_wass.modules.generative import GenerativeModule
 from lightning_wass.nn.potentials import ConvDiscriminator, ConvPotential, MLPDiscriminator, PotentialMLP
 from lightning_wass.functional.proximal_flow.divergences import DIVERGENCES, f_divergence_dual, lipschitz_penalty
 from lightning_wass.functional.proximal_flow.indicators import (
@@ -99,11 +102,12 @@ from lightning_wass.functional.proximal_flow.indicators import (
 )
 from lightning_wass.functional.proximal_flow.reference import REFERENCES, check_reference_range, sample_reference
 from lightning_wass.functional.proximal_flow.rollout import Rollout, euler_rollout, excess_path_length, kinetic_energy, potential_gradient
-from lightning_wass.seeding import seeded_generator
 
-__all__ = ["W1W2ProximalFlow", "autograd_enabled", "default_discriminator", "default_potential"]
+__all__ = ["STREAM_DISCRIMINATOR", "STREAM_POTENTIAL", "STREAM_VALIDATION", "W1W2ProximalFlow", "autograd_enabled", "default_discriminator", "default_potential"]
 
-_STREAM_DISCRIMINATOR, _STREAM_POTENTIAL, _STREAM_VALIDATION = 0, 1, 2
+STREAM_DISCRIMINATOR, STREAM_POTENTIAL, STREAM_VALIDATION = 0, 1, 2
+"""The last part of the random streams ``(seed, rank, step, stream)`` of the discriminator step
+(reference samples and penalty interpolates), the potential step and validation."""
 
 
 def default_potential(data_shape: Sequence[int]) -> nn.Module:
@@ -145,15 +149,7 @@ def autograd_enabled() -> Iterator[None]:
         yield
 
 
-def _zero_touch(module: nn.Module) -> Tensor:
-    """``0 * sum(p.sum())`` over ``module``'s trainable parameters (the same device as them): added to
-    a loss whose graph misses ``module``, it gives that module exact zero gradients, as DDP with
-    ``find_unused_parameters=False`` needs (see ``LatentGenerativeModule.zero_touch``)."""
-    terms = [p.sum() for p in module.parameters() if p.requires_grad]
-    return 0.0 * torch.stack(terms).sum() if terms else torch.zeros(())
-
-
-class W1W2ProximalFlow(CheckpointedModule, pl.LightningModule):
+class W1W2ProximalFlow(GenerativeModule):
     """Potential-driven generative flow with W1 and W2 proximals (arXiv:2407.11901).
 
     Args:
@@ -240,7 +236,7 @@ class W1W2ProximalFlow(CheckpointedModule, pl.LightningModule):
             self.flow_alpha = check_positive("flow_alpha", flow_alpha)
         self.center_hj = bool(center_hj)
         self.indicator_samples = None if indicator_samples is None else check_int("indicator_samples", indicator_samples, minimum=1)
-        self.seed = check_int("seed", seed)
+        self.init_generative(seed=seed, seed_minimum=None)  # counters critic_step, generator_step = 0
         for name, module in (("potential", potential), ("discriminator", discriminator)):
             if module is not None and not isinstance(module, nn.Module):
                 raise TypeError(f"{name} must be a torch.nn.Module or None, got {type(module).__name__}")
@@ -248,8 +244,9 @@ class W1W2ProximalFlow(CheckpointedModule, pl.LightningModule):
         self.potential = potential if potential is not None else default_potential(self.data_shape)
         self.discriminator = discriminator if discriminator is not None else default_discriminator(self.data_shape)
         self.automatic_optimization = False
-        self.critic_steps = 0  # discriminator steps taken (checkpointed)
-        self.potential_steps = 0  # potential steps taken (checkpointed)
+
+    counter_names = ("generator_step", "critic_step")
+    """Checkpointed: ``generator_step`` (potential updates) and ``critic_step`` (discriminator updates)."""
 
     # ----------------------------------------------------------------------------- derived values
     @property
@@ -258,12 +255,25 @@ class W1W2ProximalFlow(CheckpointedModule, pl.LightningModule):
         return self.T / self.num_steps
 
     @property
-    def generator_step(self) -> int:
-        """Potential (generator) updates so far; the generative callbacks count these
-        (:mod:`lightning_wass.modules.generative`)."""
-        return self.potential_steps
+    def potential_steps(self) -> int:
+        """Potential updates so far: the former name of ``generator_step`` (kept as an alias)."""
+        return self.generator_step
 
-    def _where(self) -> str:
+    @potential_steps.setter
+    def potential_steps(self, value: int) -> None:
+        self.generator_step = int(value)
+
+    @property
+    def critic_steps(self) -> int:
+        """Discriminator updates so far: the former name of ``critic_step`` (kept as an alias)."""
+        return self.critic_step
+
+    @critic_steps.setter
+    def critic_steps(self, value: int) -> None:
+        self.critic_step = int(value)
+
+    def where(self) -> str:
+        """The module and step named in divergence messages (Lightning's ``global_step``)."""
         return f"{type(self).__name__} step {self.global_step}"
 
     def divergence_hint(self) -> str:
@@ -408,86 +418,62 @@ class W1W2ProximalFlow(CheckpointedModule, pl.LightningModule):
         opt_u = torch.optim.Adam(self.potential.parameters(), lr=self.lr_potential, betas=self.betas)
         return [opt_phi, opt_u]
 
-    def _rank(self) -> int:
-        return int(self.trainer.global_rank) if self._trainer is not None else 0
-
-    max_update_ratio: float | None = 1e3
-    """One step may move an optimizer's parameters at most this many times their norm (``None``: no bound)."""
-    sample_spread_bound: float | None = 1e3
-    """The flow's samples may be at most this many times the data batch's RMS norm (``None``: no bound)."""
-
     def training_step(self, batch: Any, batch_idx: int) -> None:
         real = unpack_batch(batch).x
-        check_data_batch(type(self).__name__, real, self.data_shape, self.potential)
-        guard = self.__dict__.get("_guard")
-        if guard is None:
-            guard = self.__dict__["_guard"] = UpdateGuard()
-        guard.max_update_ratio = self.max_update_ratio
         # a diverged step puts the networks, their optimizers and the counters back, then raises
-        with guard.step(self._where(), owner=self, counters=("critic_steps", "potential_steps")) as check:
-            self._guarded_training_step(real, check)
+        with self.guarded_step() as check:
+            self.check_batch(real, check, hint="clean the data (NaN or Inf in the inputs)", parameters=self.potential)
+            self.guarded_training_step(real, check)
 
-    def _check_flow_samples(self, check: StepCheck, fake: Tensor, real: Tensor) -> None:
-        if self.sample_spread_bound is not None:
-            check.bounded("the flow's samples' RMS norm over the data batch's", rms_ratio(fake, real), self.sample_spread_bound, self.divergence_hint())
-
-    def _guarded_training_step(self, real: Tensor, check: StepCheck) -> None:
+    def guarded_training_step(self, real: Tensor, check: StepCheck) -> None:
+        """One discriminator step and, after every ``n_critic``-th, one potential step (inside the guard)."""
         n = real.shape[0]
         opt_phi, opt_u = self.optimizers()  # type: ignore[misc]
         step = self.global_step
-        gen = seeded_generator(self.device, self.seed, self._rank(), step, _STREAM_DISCRIMINATOR)
-        check.finite("the training batch", real, "clean the data (NaN or Inf in the inputs)", error=ValueError)
+        gen = self.random_stream(step, STREAM_DISCRIMINATOR)
 
         # Discriminator (ascent on the dual objective, with the Lipschitz penalty).
         fake = self.flow(self.sample_reference(n, gen)).terminal
-        self._check_flow_samples(check, fake, real)
+        self.check_spread(fake, real, self.divergence_hint(), what="the flow's samples")
         parts = self.discriminator_loss(real, fake, gen)
         check.finite("the discriminator loss", parts["loss"], self.divergence_hint())
         opt_phi.zero_grad(set_to_none=True)
         # The potential is not in this graph: give it exact zero gradients so that DDP's reducer
         # (find_unused_parameters=False, the default) completes; the update is unchanged.
-        self.manual_backward(parts["loss"] + _zero_touch(self.potential))
+        self.manual_backward(parts["loss"] + self.zero_touch(self.potential))
         check.update("discriminator", opt_phi, f"lower lr_discriminator (now {self.lr_discriminator:g}); " + self.divergence_hint())
         opt_phi.step()
-        self.critic_steps += 1
+        self.critic_step += 1
         self.log("train/divergence", parts["divergence"].detach(), prog_bar=True, batch_size=n)
         self.log("train/gradient_penalty", parts["gradient_penalty"].detach(), batch_size=n)
 
-        if self.critic_steps % self.n_critic != 0:
+        if self.critic_step % self.n_critic != 0:
             return
         # Potential (descent through the unrolled Euler steps).
-        gen_u = seeded_generator(self.device, self.seed, self._rank(), step, _STREAM_POTENTIAL)
+        gen_u = self.random_stream(step, STREAM_POTENTIAL)
         rollout = self.flow(self.sample_reference(n, gen_u), create_graph=True)
         parts_u = self.potential_loss(rollout)
         check.finite("the potential loss", parts_u["loss"], self.divergence_hint())
         opt_u.zero_grad(set_to_none=True)
         # The loss reaches phi too (x_T goes through it; discarded below) but not the potential's
         # output bias (only grad_x U enters the flow): zero-touch it for DDP's reducer.
-        self.manual_backward(parts_u["loss"] + _zero_touch(self.potential))
+        self.manual_backward(parts_u["loss"] + self.zero_touch(self.potential))
         check.update("potential", opt_u, f"lower lr_potential (now {self.lr_potential:g}); " + self.divergence_hint())
         opt_u.step()
         opt_phi.zero_grad(set_to_none=True)
-        self.potential_steps += 1
+        self.generator_step += 1
         self.log("train/kinetic_energy", parts_u["kinetic_energy"].detach(), prog_bar=True, batch_size=n)
         self.log("train/potential_loss", parts_u["loss"].detach(), batch_size=n)
-        self.log("train/potential_steps", float(self.potential_steps), batch_size=n)
+        self.log("train/potential_steps", float(self.generator_step), batch_size=n)
 
     def validation_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         # Lightning runs evaluation under torch.inference_mode(); the indicators need grad_x, so turn
         # autograd back on here, and clone the batch (inference tensors cannot enter autograd).
         with autograd_enabled():
             real = unpack_batch(batch).x.clone()
-            gen = seeded_generator(self.device, self.seed, self._rank(), batch_idx, _STREAM_VALIDATION)
+            gen = self.random_stream(batch_idx, STREAM_VALIDATION)
             indicators = self.optimality_indicators(real, gen)
         for name, value in indicators.items():
-            raise_if_diverged(f"validation {name}", value, where=self._where(), hint=self.divergence_hint())
+            raise_if_diverged(f"validation {name}", value, where=self.where(), hint=self.divergence_hint())
         self.log_dict({f"val/{k}": v for k, v in indicators.items()}, sync_dist=True, batch_size=real.shape[0])
         return indicators
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["proximal_flow_counters"] = {"critic_steps": self.critic_steps, "potential_steps": self.potential_steps}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        counters = checkpoint.get("proximal_flow_counters", {})
-        self.critic_steps = int(counters.get("critic_steps", 0))
-        self.potential_steps = int(counters.get("potential_steps", 0))

@@ -155,8 +155,7 @@ class W2GradientFlow(LatentGenerativeModule):
                 raise TypeError(f"{name} must be a torch.nn.Module or None, got {type(value).__name__}")
         self.save_hyperparameters(ignore=["generator", "potential", "potential_correction"])
         self.automatic_optimization = False
-        self._init_generative(seed=seed, eval_samples=eval_samples)
-        self.outer_step = 0
+        self.init_latent(seed=seed, eval_samples=eval_samples)
         self.generator = generator  # type: ignore[assignment]
         self.potential = potential if self.transport != "exact" else None
         self.potential_correction = potential_correction if self.transport == "adversarial" else None
@@ -165,7 +164,7 @@ class W2GradientFlow(LatentGenerativeModule):
         if data_shape is not None:
             self._build(data_shape)
 
-    _counters = ("generator_step", "outer_step", "_draws")
+    counter_names = ("generator_step", "outer_step", "noise_draw")
 
     # ------------------------------------------------------------------ networks
     def _build(self, data_shape: Sequence[int]) -> None:
@@ -246,7 +245,7 @@ class W2GradientFlow(LatentGenerativeModule):
         hint = f"lower potential_lr (now {self.potential_lr:g})" + (
             f" or dual_penalty (now {self.dual_penalty:g})" if self.transport == "adversarial" else ""
         )
-        check = self.__dict__.get("_check")
+        check = self.current_check()
         if check is not None:
             check.update("potential", opt, hint)
         for _ in range(self.potential_steps):

@@ -108,8 +108,7 @@ class WGAN(LatentGenerativeModule):
             raise TypeError(f"critic must be a torch.nn.Module or None, got {type(critic).__name__}")
         self.save_hyperparameters(ignore=["generator", "critic"])
         self.automatic_optimization = False
-        self._init_generative(seed=seed, eval_samples=eval_samples)
-        self.critic_step = 0
+        self.init_latent(seed=seed, eval_samples=eval_samples)
         self.generator = generator  # type: ignore[assignment]
         self.critic = critic  # type: ignore[assignment]
         self.latent_dim = infer_latent_dim(generator, latent_dim)
@@ -119,7 +118,7 @@ class WGAN(LatentGenerativeModule):
         elif critic is not None and generator is not None:
             self._finish_networks()
 
-    _counters = ("generator_step", "critic_step", "_draws")
+    counter_names = ("generator_step", "critic_step", "noise_draw")
 
     # ------------------------------------------------------------------ pickling (ddp_spawn)
     def __getstate__(self) -> dict[str, Any]:
