@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lightning.pytorch.loggers import TensorBoardLogger
+if TYPE_CHECKING:  # imported when a part runs, so that ``lightning-wass demo --help`` imports no Lightning
+    from lightning.pytorch.loggers import TensorBoardLogger
 
 
 @dataclass
@@ -22,6 +23,7 @@ class DemoContext:
     out_dir: Path
     seed: int = 0
     quick: bool = False  # a much shorter run (for tests); figures are still written
+    quiet: bool = True  # our progress lines instead of Lightning's progress bar (see demo/progress.py)
 
     @property
     def figure_dir(self) -> Path:
@@ -31,20 +33,35 @@ class DemoContext:
 
     def logger(self, name: str) -> TensorBoardLogger:
         """A TensorBoard logger writing to ``<out>/tensorboard/<name>/version_<k>`` (a new version per run)."""
+        from lightning.pytorch.loggers import TensorBoardLogger
+
         return TensorBoardLogger(save_dir=str(self.out_dir / "tensorboard"), name=name)
 
-    def trainer_kwargs(self, name: str, **overrides: Any) -> dict[str, Any]:
-        """Keyword arguments for ``lightning.pytorch.Trainer`` in a demo part: CPU, progress bar,
-        TensorBoard logging, no checkpoints written into the working directory."""
+    def trainer_kwargs(self, name: str, *, label: str | None = None, callbacks: list[Any] | None = None, **overrides: Any) -> dict[str, Any]:
+        """Keyword arguments for ``lightning.pytorch.Trainer`` in a demo part: CPU, TensorBoard logging,
+        no checkpoints written into the working directory, and progress shown.
+
+        Progress: with ``quiet`` (the default) a :class:`~lightning_wass.demo.progress.DemoProgress`
+        line named ``label`` (default ``name``) is added to ``callbacks`` and Lightning's own bar is
+        off; otherwise Lightning's bar is on. ``overrides`` go to the Trainer as they are.
+        """
+        callbacks = list(callbacks or [])
+        if self.quiet:
+            from lightning_wass.demo.progress import DemoProgress
+
+            callbacks.append(DemoProgress(label or name))
         kwargs: dict[str, Any] = dict(
             accelerator="cpu",
             devices=1,
             logger=self.logger(name),
             enable_checkpointing=False,
-            enable_progress_bar=True,
+            enable_progress_bar=not self.quiet,
             enable_model_summary=False,
             default_root_dir=str(self.out_dir),
+            callbacks=callbacks,
         )
+        if self.quiet:
+            overrides.pop("enable_progress_bar", None)  # our progress line replaces Lightning's bar
         kwargs.update(overrides)
         return kwargs
 

@@ -66,8 +66,7 @@ def _fit(
     trainer = pl.Trainer(
         max_steps=max_steps,
         limit_val_batches=0,
-        callbacks=[monitor, figure],
-        **ctx.trainer_kwargs(name, enable_progress_bar=False, log_every_n_steps=10),
+        **ctx.trainer_kwargs(name, label=name.removeprefix("generative_"), callbacks=[monitor, figure], enable_progress_bar=False, log_every_n_steps=10),
     )
     start = time.perf_counter()
     trainer.fit(model, datamodule=data)

@@ -66,7 +66,7 @@ def run(ctx: DemoContext) -> DemoSection:
                                     seed=ctx.seed, **kwargs)
             trainer = pl.Trainer(
                 max_epochs=epochs,
-                **ctx.trainer_kwargs(f"otmdr_{label.lower().replace('-', '')}", log_every_n_steps=10, enable_progress_bar=False),
+                **ctx.trainer_kwargs(f"otmdr_{label.lower().replace('-', '')}", label=label, log_every_n_steps=10, enable_progress_bar=False),
             )
             start = time.perf_counter()
             trainer.fit(model, data)

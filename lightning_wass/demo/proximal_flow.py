@@ -82,8 +82,7 @@ def run(ctx: DemoContext) -> DemoSection:
             val_check_interval=max(1, critic_steps // settings["validations"]),
             check_val_every_n_epoch=None,
             num_sanity_val_steps=0,
-            callbacks=[history],
-            **ctx.trainer_kwargs("proximal_flow", enable_progress_bar=False, log_every_n_steps=25),
+            **ctx.trainer_kwargs("proximal_flow", callbacks=[history], enable_progress_bar=False, log_every_n_steps=25),
         )
         start = time.perf_counter()
         trainer.fit(model, datamodule=data)

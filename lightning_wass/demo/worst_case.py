@@ -116,7 +116,7 @@ def _regression(ctx: DemoContext) -> dict[str, Any]:
     )
     stopping = GradientNormStopping(tol=1e-5)
     max_steps = 40 if ctx.quick else 4000
-    trainer = pl.Trainer(max_steps=max_steps, callbacks=[stopping], limit_val_batches=0, **ctx.trainer_kwargs("worst_case_regression", log_every_n_steps=10, enable_progress_bar=False))
+    trainer = pl.Trainer(max_steps=max_steps, limit_val_batches=0, **ctx.trainer_kwargs("worst_case_regression", label="regression", callbacks=[stopping], log_every_n_steps=10, enable_progress_bar=False))
     start = time.perf_counter()
     trainer.fit(module, data)
     seconds = time.perf_counter() - start
@@ -199,7 +199,7 @@ def _vae(ctx: DemoContext, images: DigitsDataModule) -> VAE:
             warnings.warn(f"{error}; training a fresh VAE for the worst-case demo instead", UserWarning, stacklevel=2)
     vae = VAE(data_shape=(1, 8, 8), latent_dim=LATENT_DIM, likelihood="gaussian")
     epochs = 1 if ctx.quick else 25
-    pl.Trainer(max_epochs=epochs, limit_val_batches=0, **ctx.trainer_kwargs("worst_case_vae", enable_progress_bar=False)).fit(vae, images)
+    pl.Trainer(max_epochs=epochs, limit_val_batches=0, **ctx.trainer_kwargs("worst_case_vae", label="digits VAE", enable_progress_bar=False)).fit(vae, images)
     return vae
 
 
@@ -228,7 +228,7 @@ def _digits(ctx: DemoContext) -> dict[str, Any]:
         gradient_norm_every=100,
     )
     snapshot = _AccuracyAt(warmup, z_test, y_test)
-    trainer = pl.Trainer(max_steps=steps, callbacks=[snapshot], limit_val_batches=0, **ctx.trainer_kwargs("worst_case_digits", log_every_n_steps=20, enable_progress_bar=False))
+    trainer = pl.Trainer(max_steps=steps, limit_val_batches=0, **ctx.trainer_kwargs("worst_case_digits", label="digits", callbacks=[snapshot], log_every_n_steps=20, enable_progress_bar=False))
     trainer.fit(module, latents)
     seconds = time.perf_counter() - start
 
