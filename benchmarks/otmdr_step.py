@@ -32,8 +32,20 @@ peak-RSS counter (``/proc/self/clear_refs``) and reports how far the resident se
 level before the first step during 3 steps (optimizer state, gradients, activations, temporaries;
 allocator caching adds noise of a few MiB).
 
+The second table is the issue-14 measure of the SAM wrapper's own overhead (norms, perturbation,
+restore, noise, checks, rollback copies, the BatchNorm freeze), for our SAM and the reference, run
+alternately in one process: step time minus the time inside its closures minus the time inside the
+base optimizer's step (both timed around the calls), measured two ways: with the real
+forward-backward closures, and with "replay" closures that hand back precomputed gradients (no
+model call, so the pass noise is gone). Our BatchNorm freeze runs inside the passes; its cost is
+measured as the paired step-time difference of ``SAM(freeze_norm_stats=True)`` and ``False`` and
+added to our overhead. The last lines time the divergence guard's per-step work
+(:class:`lightning_wass.guard.UpdateGuard`: copies of the parameters, the optimizer state and the
+module's buffers, then its one verify) around a SAM optimizer.
+
     .venv/bin/python benchmarks/otmdr_step.py                      # default model: deep narrow CNN, 16x16, batch 16
     .venv/bin/python benchmarks/otmdr_step.py --model wrn --batch 64
+    .venv/bin/python benchmarks/otmdr_step.py --quick              # fewer rounds, no memory table (about a minute)
 
 Writes ``benchmarks/results/otmdr_step_<model>.json``.
 """
@@ -52,6 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_wass.guard import UpdateGuard
 from lightning_wass.nn import WideResNet
 from lightning_wass.optim import OTMDR, SAM
 
@@ -213,6 +226,134 @@ def time_variants(model_name: str, batch: int, size: int, rounds: int, steps: in
     return out
 
 
+class TimedCalls:
+    """Wraps a callable and accumulates the time spent inside it (``seconds``)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.seconds = 0.0
+
+    def __call__(self, *args, **kwargs):
+        start = CLOCK()
+        try:
+            return self.fn(*args, **kwargs)
+        finally:
+            self.seconds += CLOCK() - start
+
+
+def wrapper_overheads(model_name: str, batch: int, size: int, rounds: int, steps: int, wall: bool = False) -> dict:
+    """The SAM wrappers' own per-step work, ours against the per-parameter reference (see the module docstring).
+
+    For each variant: ``step - closures - base step`` (ms), with real and with replayed gradients,
+    median over ``rounds`` rounds of ``steps`` steps, the variants alternating within a round."""
+    global CLOCK
+    CLOCK = time.perf_counter if wall else time.process_time
+    model, x, y = make(model_name, batch, size)
+    model.train()
+    params = list(model.parameters())
+    F.cross_entropy(model(x), y).backward()
+    replayed = [p.grad.detach().clone() for p in params]
+    model.zero_grad(set_to_none=True)
+    loss_value = torch.tensor(1.0)
+
+    def make_closures(opt, inside: TimedCalls | None):
+        def real():
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            return loss
+
+        def replay():
+            opt.zero_grad()
+            for p, g in zip(params, replayed):
+                p.grad = g.clone()
+            return loss_value
+
+        return TimedCalls(real), TimedCalls(replay)
+
+    opts = {
+        "reference SAM": ReferenceSAM(params, torch.optim.SGD, rho=0.05, **SGD_KW),
+        "SAM": SAM(params, torch.optim.SGD, rho=0.05, **SGD_KW),
+        "SAM no BN freeze": SAM(params, torch.optim.SGD, rho=0.05, freeze_norm_stats=False, **SGD_KW),
+    }
+    base_timers = {}
+    for name, opt in opts.items():
+        base_timers[name] = opt.base_optimizer.step = TimedCalls(opt.base_optimizer.step)  # type: ignore[method-assign]
+    guard = UpdateGuard()
+
+    def guarded_nothing():
+        with guard.step("benchmark step", owner=model) as check:
+            check.update("optimizer", opts["SAM"], "lower the learning rate")
+
+    samples: dict[str, list[float]] = {f"{n} {kind}": [] for n in opts for kind in ("real", "replay")}
+    totals: dict[str, list[float]] = {k: [] for k in samples}
+    guard_times: list[float] = []
+
+    def run(name: str, kind: str) -> None:
+        opt = opts[name]
+        real, replay = make_closures(opt, None)
+        closure = real if kind == "real" else replay
+        base = base_timers[name]
+        base.seconds = 0.0
+        start = CLOCK()
+        for _ in range(steps):
+            if name == "reference SAM":
+                opt.step(closure, model)
+            else:
+                opt.step(closure)
+        total = CLOCK() - start
+        samples[f"{name} {kind}"].append((total - closure.seconds - base.seconds) / steps)
+        totals[f"{name} {kind}"].append(total / steps)
+
+    for name in opts:  # warm-up
+        for kind in ("real", "replay"):
+            run(name, kind)
+    for key in samples:
+        samples[key].clear()
+        totals[key].clear()
+    for r in range(rounds):
+        order = list(opts) if r % 2 == 0 else list(reversed(opts))
+        for kind in ("real", "replay"):
+            for name in order:
+                run(name, kind)
+        start = CLOCK()
+        for _ in range(steps):
+            guarded_nothing()
+        guard_times.append((CLOCK() - start) / steps)
+    freeze = statistics.median(t - f for t, f in zip(totals["SAM real"], totals["SAM no BN freeze real"]))
+    out = {key: {"overhead_s": statistics.median(v), "step_s": statistics.median(totals[key])} for key, v in samples.items()}
+    out["bn_freeze_s"] = freeze
+    out["guard_s"] = statistics.median(guard_times)
+    return out
+
+
+def print_wrapper_overheads(result: dict) -> dict:
+    ref_real, ref_replay = result["reference SAM real"]["overhead_s"], result["reference SAM replay"]["overhead_s"]
+    ours_real = result["SAM real"]["overhead_s"]
+    ours_replay = result["SAM replay"]["overhead_s"] + max(result["bn_freeze_s"], 0.0)
+    summary = {
+        "reference_overhead_ms_real": ref_real * 1e3,
+        "reference_overhead_ms_replay": ref_replay * 1e3,
+        "sam_overhead_ms_real": ours_real * 1e3,  # the freeze is inside the passes here: see bn_freeze_ms
+        "sam_overhead_ms_replay_plus_freeze": ours_replay * 1e3,
+        "bn_freeze_ms": result["bn_freeze_s"] * 1e3,
+        "ratio_real_plus_freeze": (ours_real + max(result["bn_freeze_s"], 0.0)) / ref_real,
+        "ratio_replay_plus_freeze": ours_replay / ref_replay,
+        "guard_ms_per_step": result["guard_s"] * 1e3,
+        "guard_over_sam_step": result["guard_s"] / result["SAM real"]["step_s"],
+    }
+    print("\nwrapper overhead per step = step - closures - base optimizer step (ms; median; alternating in one process)")
+    print(f"{'variant':26s} {'real passes':>11s} {'replayed grads':>14s}")
+    for name in ("reference SAM", "SAM", "SAM no BN freeze"):
+        print(f"{name:26s} {result[name + ' real']['overhead_s'] * 1e3:11.3f} {result[name + ' replay']['overhead_s'] * 1e3:14.3f}")
+    print(f"our BatchNorm freeze (SAM - SAM no BN freeze, paired step times): {summary['bn_freeze_ms']:.3f} ms per step")
+    print(f"SAM overhead (+ freeze) / reference overhead: real {summary['ratio_real_plus_freeze']:.3f}, "
+          f"replayed {summary['ratio_replay_plus_freeze']:.3f} (target <= 0.5)")
+    print(f"divergence guard (UpdateGuard copies + verify) around a SAM step: {summary['guard_ms_per_step']:.3f} ms per step "
+          f"= {summary['guard_over_sam_step']:.3f} x a SAM step")
+    return summary
+
+
 def _rss_kib(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -250,7 +391,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--wall", action="store_true", help="time with wall clock instead of process CPU time")
+    parser.add_argument("--quick", action="store_true", help="3 rounds x 3 steps, no memory table")
     args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.steps, args.no_memory = 3, 3, True
     torch.set_num_threads(args.threads)
     model, _, _ = make(args.model, args.batch, args.size)
     n_params = sum(p.numel() for p in model.parameters())
@@ -296,11 +440,12 @@ def main() -> None:
     for k in INTERVALS:
         t = timings[f"SAM interval={k}"]
         print(f"SAM interval={k} / SGD = {t['ratio_to_sgd']:.3f} [{t['raw_ratio_to_sgd']:.3f}] (expected about 1 + 1/{k} = {1 + 1 / k:.2f})")
-    summary = {"sam_overhead_over_reference_overhead": overhead_ratio}
+    overheads = wrapper_overheads(args.model, args.batch, args.size, max(args.rounds, 5), max(args.steps, 5), args.wall)
+    summary = {"sam_overhead_over_reference_overhead": overhead_ratio, **print_wrapper_overheads(overheads)}
     out = Path(__file__).parent / "results" / f"otmdr_step_{args.model}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "n_params": n_params, "n_tensors": n_tensors, "summary": summary,
-                               "timings": timings}, indent=2))
+                               "timings": timings, "wrapper_overheads": overheads}, indent=2))
     print(f"wrote {out}")
 
 

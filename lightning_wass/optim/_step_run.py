@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_wass.functional.otmdr import FlatBuffer
 from lightning_wass.optim._grad_scaling import ScaledPasses
 from lightning_wass.optim.snapshot import StateSnapshot, copy_into
 from lightning_wass.optim.passes import PassInfo
@@ -66,10 +67,21 @@ class Progress:
     selected: bool = False
     warned: set[str] = field(default_factory=set)
     theta_buffers: list[Tensor] | None = None
+    after_buffers: list[Tensor] | None = None  # the parameters after the base step (the verdict's flat copy)
+    # flat copies for gradient norms on the CPU, one per use ("stepped", or a param group's index)
+    norm_buffers: dict[Any, FlatBuffer] = field(default_factory=dict)
     state_snapshot: StateSnapshot = field(default_factory=StateSnapshot)
     grad_scaler: Any = None
     update_attached_scaler: bool = False
     no_sync: Any = None
+
+
+def norm_buffer(progress: Progress, key: Any) -> FlatBuffer:
+    """The flat copy kept for the norms of ``key`` (see :func:`lightning_wass.functional.otmdr.global_norm`)."""
+    buffer = progress.norm_buffers.get(key)
+    if buffer is None:
+        buffer = progress.norm_buffers[key] = FlatBuffer()
+    return buffer
 
 
 class StepRun:
@@ -95,6 +107,7 @@ class StepRun:
         # the parameters at theta (all of them: the rollback needs the ones that are never perturbed too)
         progress.theta_buffers = copy_into(progress.theta_buffers, params)
         self.theta: list[Tensor] = progress.theta_buffers
+        self.theta_perturbable = [self.theta[i] for i in self.perturbable_index]
         # the two-step API's position in the step
         self.particle = 0
         self.ascent_step = 0
@@ -115,7 +128,7 @@ class StepRun:
     @torch.no_grad()
     def restore_theta(self) -> None:
         if self.perturbable:
-            torch._foreach_copy_(self.perturbable, [self.theta[i] for i in self.perturbable_index])
+            torch._foreach_copy_(self.perturbable, self.theta_perturbable)
 
     @torch.no_grad()
     def restore_all(self) -> None:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from lightning_wass.optim import _grad_scaling as scaling
-from lightning_wass.optim._norm_stats import frozen_running_stats
+from lightning_wass.optim.norm_stats import frozen_running_stats
 from lightning_wass.optim._step_run import Grads, StepRun
 
 if TYPE_CHECKING:

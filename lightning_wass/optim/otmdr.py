@@ -61,8 +61,9 @@ from lightning_wass.optim import _grad_scaling as scaling
 from lightning_wass.optim import _options as options
 from lightning_wass.functional import otmdr as P
 from lightning_wass.seeding import mix_seed
-from lightning_wass.optim._norm_stats import frozen_running_stats
-from lightning_wass.optim._step_run import Grads, Progress, StepRun
+from lightning_wass.optim.norm_stats import frozen_running_stats
+from lightning_wass.optim._step_run import Grads, Progress, StepRun, norm_buffer
+from lightning_wass.optim.snapshot import copy_into
 from lightning_wass.optim._two_step import TwoStepAPI
 from lightning_wass.optim.passes import PassInfo
 
@@ -388,8 +389,8 @@ class OTMDR(TwoStepAPI, Optimizer):
         grads, history = g_start, []
         for s in range(self.ascent_steps):
             history = self._ascend_chain(run, grads, history, k, s)
-            run.kept.keep("history", [g for term in history for g in term if g is not None])
-            if s + 1 < self.ascent_steps:
+            if s + 1 < self.ascent_steps:  # a later ascent pass must not overwrite the kept gradients
+                run.kept.keep("history", [g for term in history for g in term if g is not None])
                 self._pass(run, closure, self._info(run, k, s + 1, perturbed=True), ascent=True)
                 grads = run.gradients()
         run.kept.keep("history", None)
@@ -401,7 +402,9 @@ class OTMDR(TwoStepAPI, Optimizer):
         """Ascent step ``s`` of particle ``k`` from ``grads``; returns the chain's gradients so far."""
         chained = self.chain_direction != "current"
         terms = history + [grads] if chained else [grads]
-        seed = mix_seed(self.seed, run.step_number, k, s, 0, self._seed_rank())
+        # the seed is derived only where noise is drawn (noise_std = 0 adds nothing: SAM)
+        noisy = any(group["noise_std"] and group["perturb"] for group in self.param_groups)
+        seed = mix_seed(self.seed, run.step_number, k, s, 0, self._seed_rank()) if noisy else 0
         scale = 1.0 / (s + 1) if self.chain_direction == "averaged" else 1.0
         norm = self.ascend(grads, terms, s, seed, direction_scale=scale)
         run.check(f"the gradient norm of particle {k}, ascent step {s}", norm)
@@ -422,7 +425,7 @@ class OTMDR(TwoStepAPI, Optimizer):
         """
         params = [p for group in self.param_groups for p in group["params"]]
         device = params[0].device if params else torch.device("cpu")
-        squares = torch.zeros((), device=device)
+        squares: Tensor | None = None
         work = []
         start = 0
         for j, group in enumerate(self.param_groups):
@@ -434,17 +437,20 @@ class OTMDR(TwoStepAPI, Optimizer):
             live = [i for i in idx if gradient[i] is not None]
             ps = [params[i] for i in live]
             t = P.scaling(ps, group["adaptive"], group["adaptive_eta"])
-            squares = squares + P.sum_of_squares([gradient[i] for i in live], t, device)  # type: ignore[misc]
+            buffer = norm_buffer(self._progress, j)  # a flat copy reused step after step (CPU)
+            group_squares = P.sum_of_squares([gradient[i] for i in live], t, device, buffer)  # type: ignore[misc]
+            squares = group_squares if squares is None else squares + group_squares
             radius = options.group_radius(group, j, ascent_step, self.ascent_steps) * direction_scale
             work.append((j, group, ps, [[term[i] for i in live] for term in direction_terms], t, radius))
-        norm = squares.sqrt()
-        host_norm = float(norm) if device.type == "cpu" else None  # reading it back is free on CPU
+        norm = torch.zeros((), device=device) if squares is None else squares.sqrt()
+        host_norm = float(norm) if _reads_back_for_free(device) else None
         for j, group, ps, term_lists, t, radius in work:
             if host_norm is not None:
                 P.ascend_terms_(ps, term_lists, radius / (host_norm + P.EPS), t)
             else:
                 P.ascend_(ps, P.sum_terms(term_lists), radius / (norm + P.EPS), t)
-            self._noise_source.add_(ps, group["noise_std"], mix_seed(noise_seed, j))
+            if group["noise_std"]:
+                self._noise_source.add_(ps, group["noise_std"], mix_seed(noise_seed, j))
         return norm
 
     # ------------------------------------------------------------------ one pass
@@ -612,17 +618,26 @@ class OTMDR(TwoStepAPI, Optimizer):
     def _verdict(self, run: StepRun, stepped: list[Tensor]) -> tuple[bool, bool, bool, bool, float]:
         """(a check is non-finite, a parameter is non-finite, the scaler found an inf, the loss at theta is
         non-finite, the update's size ``||theta' - theta|| / max(||theta||, 1)``), read back in one host
-        synchronisation."""
+        synchronisation.
+
+        The parameters after the step are copied into flat buffers laid out like the copy of
+        ``theta`` (one per device and dtype), so their norm, the norm of ``theta' - theta`` and that
+        of ``theta`` are a few kernels over flat tensors, not one per parameter."""
+        progress = self._progress
         if stepped:
-            run.check("the gradient that was stepped", torch.stack([n.to(run.device) for n in torch._foreach_norm(stepped, 2, dtype=torch.float32)]).norm())
-        flags = [torch.zeros((), dtype=torch.float32, device=run.device)] * 5
+            run.check("the gradient that was stepped", P.global_norm(stepped, run.device, norm_buffer(progress, "stepped")))
+        zero = torch.zeros((), dtype=torch.float32, device=run.device)
+        flags = [zero] * 5
         if run.checks:
             flags[0] = (~torch.isfinite(torch.stack([value for _, value in run.checks])).all()).float()
         if run.params:
-            norms = torch.stack([n.to(run.device).float() for n in torch._foreach_norm(run.params, 2, dtype=torch.float32)])
-            flags[1] = (~torch.isfinite(norms).all()).float()
+            progress.after_buffers = copy_into(progress.after_buffers, run.params)  # (under no_grad)
+            after, before = progress.after_buffers.flats, run.theta.flats  # type: ignore[attr-defined]
+            flags[1] = (~torch.isfinite(P.flat_norm(after, run.device))).float()
             if self.max_update_ratio is not None:
-                flags[4] = _update_ratio(run.params, run.theta, run.device)
+                for moved, theta in zip(after, before):
+                    moved.sub_(theta)
+                flags[4] = P.flat_norm(after, run.device) / P.flat_norm(before, run.device).clamp_min(1.0)
         if run.scaling is not None:
             if not self.sync_ascent:
                 run.scaling.agree_across_replicas()
@@ -716,9 +731,9 @@ class OTMDR(TwoStepAPI, Optimizer):
         raise TypeError(f"closure must return the loss as a scalar tensor or number, got {type(value).__name__}")
 
 
-def _update_ratio(params: list[Tensor], theta: list[Tensor], device: torch.device) -> Tensor:
-    """``||params - theta|| / max(||theta||, 1)`` over all parameters, a float32 scalar on ``device``."""
-    moved = torch._foreach_sub([p.detach() for p in params], theta)
-    moved_norm = torch.stack([n.to(device).float() for n in torch._foreach_norm(moved, 2, dtype=torch.float32)]).norm()
-    theta_norm = torch.stack([n.to(device).float() for n in torch._foreach_norm(theta, 2, dtype=torch.float32)]).norm()
-    return moved_norm / theta_norm.clamp_min(1.0)
+def _reads_back_for_free(device: torch.device) -> bool:
+    """Whether reading a 0-d tensor on ``device`` back to Python costs no synchronisation (the CPU).
+
+    There the ascent step uses the norm as a Python float (one fused add, no temporary); on an
+    accelerator it stays a 0-d tensor, so a step synchronises with the host once, at its end."""
+    return device.type == "cpu"

@@ -8,7 +8,8 @@ non-finite parameters (an ``lr`` a scheduler set to ``inf``, an update that over
 parameters and the base optimizer's per-parameter state are copied before the base step and put
 back if anything in the step (or the parameters after it) is not finite. The copies live in
 buffers kept between steps (one ``_foreach_copy_`` each way): allocating fresh memory every step
-costs more than the copy.
+costs more than the copy. The buffers of one device and dtype are views of one flat tensor
+(:attr:`Buffers.flats`), so a norm over all of them is one kernel instead of one per tensor.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from lightning_wass.functional.otmdr import flat_views
+
 __all__ = ["Buffers", "StateSnapshot", "copy_into"]
 
 
@@ -28,19 +31,33 @@ def _layout(tensors: Sequence[Tensor]) -> list[tuple[Any, ...]]:
 
 
 class Buffers(list):
-    """Copies kept between steps, with the layout (shapes, dtypes, devices) they were made for."""
+    """Copies kept between steps (a list of tensors, one per source tensor), with the layout
+    (shapes, dtypes, devices) they were made for and the flat tensors they are views of: one per
+    (device, dtype), in order of first appearance."""
 
     layout: list[tuple[Any, ...]]
+    flats: list[Tensor]
+
+
+def _allocate(tensors: Sequence[Tensor]) -> Buffers:
+    """Buffers shaped like ``tensors``: contiguous views of one flat tensor per (device, dtype)."""
+    flats, views = flat_views(tensors)
+    buffers = Buffers(views)
+    buffers.flats = flats
+    return buffers
 
 
 def copy_into(buffers: list[Tensor] | None, tensors: Sequence[Tensor]) -> list[Tensor]:
-    """Copy ``tensors`` into ``buffers`` (re-allocated when shapes, dtypes or devices changed)."""
+    """Copy ``tensors`` into ``buffers`` (re-allocated when shapes, dtypes or devices changed).
+
+    Returns a :class:`Buffers` (views of one flat tensor per device and dtype).
+    """
     tensors = list(tensors)
     if not tensors:
         return []
     layout = _layout(tensors)
     if not isinstance(buffers, Buffers) or buffers.layout != layout:
-        buffers = Buffers(torch.empty_like(t, memory_format=torch.preserve_format) for t in tensors)
+        buffers = _allocate(tensors)
         buffers.layout = layout
     torch._foreach_copy_(buffers, tensors)
     return buffers
@@ -57,8 +74,9 @@ class StateSnapshot:
         """Remember ``optimizer.state[p]`` for every ``p`` (tensors copied, other values kept as they are)."""
         layout: list[tuple[Tensor, dict[str, Any] | None]] = []
         tensors: list[Tensor] = []
+        states = optimizer.state
         for p in params:
-            state = optimizer.state.get(p)
+            state = states.get(p)
             if state is None:
                 layout.append((p, None))
                 continue
