@@ -57,9 +57,11 @@ class FlatBuffer:
         self.flats: list[Tensor] = []
         self.views: list[Tensor] = []
 
-    def load(self, tensors: Sequence[Tensor]) -> list[Tensor]:
-        """Copy ``tensors`` in (one ``_foreach_copy_``) and return the flat tensors."""
-        layout = [(t.shape, t.dtype, t.device) for t in tensors]
+    def load(self, tensors: Sequence[Tensor], layout: list[tuple[object, ...]] | None = None) -> list[Tensor]:
+        """Copy ``tensors`` in (one ``_foreach_copy_``) and return the flat tensors (``layout``: their
+        ``(shape, dtype, device)`` list, when the caller has it)."""
+        if layout is None:
+            layout = [(t.shape, t.dtype, t.device) for t in tensors]
         if layout != self._layout:
             self.flats, self.views = flat_views(tensors)
             self._layout = layout
@@ -75,7 +77,9 @@ def flat_norm(flats: Sequence[Tensor], device: torch.device) -> Tensor:
     return torch.stack([n.to(device) for n in norms]).norm()
 
 
-def global_norm(tensors: Sequence[Tensor], device: torch.device, buffer: FlatBuffer | None = None) -> Tensor:
+def global_norm(
+    tensors: Sequence[Tensor], device: torch.device, buffer: FlatBuffer | None = None, layout: list[tuple[object, ...]] | None = None
+) -> Tensor:
     """``||(t_1, ..., t_n)||_2 = sqrt(sum_i ||t_i||^2)``, a 0-d float32 tensor on ``device`` (no host sync).
 
     On the CPU, with a ``buffer``, the tensors are copied into it and normed flat (a copy costs
@@ -85,7 +89,7 @@ def global_norm(tensors: Sequence[Tensor], device: torch.device, buffer: FlatBuf
     if not tensors:
         return torch.zeros((), device=device)
     if buffer is not None and tensors[0].device.type == "cpu":  # (other devices: one flat tensor each)
-        return flat_norm(buffer.load(tensors), device)
+        return flat_norm(buffer.load(tensors, layout), device)
     norms = torch._foreach_norm(tensors, 2, dtype=torch.float32)  # fp16 norms overflow at 65504
     if _same_device(norms) and norms[0].device == device:
         return torch.stack(norms).norm()
@@ -103,14 +107,18 @@ def scaling(params: Sequence[Tensor], adaptive: bool, eta: float) -> list[Tensor
 
 
 def sum_of_squares(
-    grads: Sequence[Tensor], t: Sequence[Tensor] | None, device: torch.device, buffer: FlatBuffer | None = None
+    grads: Sequence[Tensor],
+    t: Sequence[Tensor] | None,
+    device: torch.device,
+    buffer: FlatBuffer | None = None,
+    layout: list[tuple[object, ...]] | None = None,
 ) -> Tensor:
     """``sum_i ||T_i g_i||^2`` as a 0-d float32 tensor on ``device`` (CPU with ``buffer``: see :func:`global_norm`)."""
     if not grads:
         return torch.zeros((), device=device)
     weighted = list(grads) if t is None else torch._foreach_mul(list(t), list(grads))
     if buffer is not None and weighted[0].device.type == "cpu":
-        return global_norm(weighted, device, buffer).square()
+        return global_norm(weighted, device, buffer, layout if t is None else None).square()
     norms = torch._foreach_norm(weighted, 2, dtype=torch.float32)  # fp16 norms overflow at 65504
     if _same_device(norms) and norms[0].device == device:
         stacked = torch.stack(norms)

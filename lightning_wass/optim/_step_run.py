@@ -105,7 +105,9 @@ class StepRun:
         self.lightning_accumulation = False
         self.update_scaler = False
         # the parameters at theta (all of them: the rollback needs the ones that are never perturbed too)
-        progress.theta_buffers = copy_into(progress.theta_buffers, params)
+        # (shape, dtype, device) of every parameter, read once a step: the gradients share it
+        self.layout = [(p.shape, p.dtype, p.device) for p in params]
+        progress.theta_buffers = copy_into(progress.theta_buffers, params, self.layout)
         self.theta: list[Tensor] = progress.theta_buffers
         self.theta_perturbable = [self.theta[i] for i in self.perturbable_index]
         # the two-step API's position in the step
@@ -113,6 +115,14 @@ class StepRun:
         self.ascent_step = 0
         self.history: list[Grads] = []
         self.frozen: ExitStack | None = None
+
+    def layout_of(self, grads: list[Tensor], start: int = 0) -> list[tuple[Any, ...]] | None:
+        """The layout of ``grads`` if they are the gradients of ``params[start:start + len(grads)]``
+        (a gradient has its parameter's shape, dtype and device; torch checks that on assignment)."""
+        params = self.params[start : start + len(grads)]
+        if len(params) != len(grads) or any(g is not p.grad for g, p in zip(grads, params)):
+            return None
+        return self.layout[start : start + len(grads)]
 
     @property
     def has_entry_gradients(self) -> bool:

@@ -45,6 +45,7 @@ Two ways to drive it, with the same trajectory:
 
 from __future__ import annotations
 
+import math
 import warnings
 import weakref
 from collections.abc import Callable, Iterable
@@ -425,6 +426,7 @@ class OTMDR(TwoStepAPI, Optimizer):
         """
         params = [p for group in self.param_groups for p in group["params"]]
         device = params[0].device if params else torch.device("cpu")
+        run = self._progress.run
         squares: Tensor | None = None
         work = []
         start = 0
@@ -438,7 +440,9 @@ class OTMDR(TwoStepAPI, Optimizer):
             ps = [params[i] for i in live]
             t = P.scaling(ps, group["adaptive"], group["adaptive_eta"])
             buffer = norm_buffer(self._progress, j)  # a flat copy reused step after step (CPU)
-            group_squares = P.sum_of_squares([gradient[i] for i in live], t, device, buffer)  # type: ignore[misc]
+            grads = [gradient[i] for i in live]
+            layout = run.layout_of(grads, idx.start) if run is not None and t is None else None
+            group_squares = P.sum_of_squares(grads, t, device, buffer, layout)  # type: ignore[misc]
             squares = group_squares if squares is None else squares + group_squares
             radius = options.group_radius(group, j, ascent_step, self.ascent_steps) * direction_scale
             work.append((j, group, ps, [[term[i] for i in live] for term in direction_terms], t, radius))
@@ -622,31 +626,39 @@ class OTMDR(TwoStepAPI, Optimizer):
 
         The parameters after the step are copied into flat buffers laid out like the copy of
         ``theta`` (one per device and dtype), so their norm, the norm of ``theta' - theta`` and that
-        of ``theta`` are a few kernels over flat tensors, not one per parameter."""
+        of ``theta`` are a few kernels over flat tensors, not one per parameter. Every value is read
+        back as it is (one ``stack``, one ``tolist``) and judged on the host."""
         progress = self._progress
         if stepped:
-            run.check("the gradient that was stepped", P.global_norm(stepped, run.device, norm_buffer(progress, "stepped")))
+            buffer = norm_buffer(progress, "stepped")
+            run.check("the gradient that was stepped", P.global_norm(stepped, run.device, buffer, run.layout_of(stepped)))
         zero = torch.zeros((), dtype=torch.float32, device=run.device)
-        flags = [zero] * 5
-        if run.checks:
-            flags[0] = (~torch.isfinite(torch.stack([value for _, value in run.checks])).all()).float()
+        values = [value for _, value in run.checks]
+        params_norm = ratio = found_inf = loss = zero
         if run.params:
-            progress.after_buffers = copy_into(progress.after_buffers, run.params)  # (under no_grad)
+            progress.after_buffers = copy_into(progress.after_buffers, run.params, run.layout)  # (under no_grad)
             after, before = progress.after_buffers.flats, run.theta.flats  # type: ignore[attr-defined]
-            flags[1] = (~torch.isfinite(P.flat_norm(after, run.device))).float()
+            params_norm = P.flat_norm(after, run.device)
             if self.max_update_ratio is not None:
                 for moved, theta in zip(after, before):
                     moved.sub_(theta)
-                flags[4] = P.flat_norm(after, run.device) / P.flat_norm(before, run.device).clamp_min(1.0)
+                ratio = P.flat_norm(after, run.device) / P.flat_norm(before, run.device).clamp_min(1.0)
         if run.scaling is not None:
             if not self.sync_ascent:
                 run.scaling.agree_across_replicas()
-            flags[2] = (run.scaling.found_inf.to(run.device) > 0).float()
+            found_inf = run.scaling.found_inf.to(device=run.device, dtype=torch.float32)
             run.scaling.finish()
         if run.loss is not None:
-            flags[3] = (~torch.isfinite(run.loss.detach().float()).all()).float()
-        values = torch.stack(flags).tolist()
-        return bool(values[0]), bool(values[1]), bool(values[2]), bool(values[3]), float(values[4])
+            loss = run.loss.detach().float().reshape(()).to(run.device)
+        read = torch.stack(values + [params_norm, found_inf, loss, ratio]).tolist()
+        checks, (params_norm_value, found_inf_value, loss_value, ratio_value) = read[: len(values)], read[len(values):]
+        return (
+            not all(math.isfinite(v) for v in checks),
+            not math.isfinite(params_norm_value),
+            found_inf_value > 0,
+            not math.isfinite(loss_value),
+            float(ratio_value),
+        )
 
     def _too_far(self, update_ratio: float) -> bool:
         """Whether the base step moved the parameters beyond ``max_update_ratio`` times their norm."""

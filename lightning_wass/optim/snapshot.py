@@ -47,15 +47,17 @@ def _allocate(tensors: Sequence[Tensor]) -> Buffers:
     return buffers
 
 
-def copy_into(buffers: list[Tensor] | None, tensors: Sequence[Tensor]) -> list[Tensor]:
+def copy_into(buffers: list[Tensor] | None, tensors: Sequence[Tensor], layout: list[tuple[Any, ...]] | None = None) -> list[Tensor]:
     """Copy ``tensors`` into ``buffers`` (re-allocated when shapes, dtypes or devices changed).
 
-    Returns a :class:`Buffers` (views of one flat tensor per device and dtype).
+    Returns a :class:`Buffers` (views of one flat tensor per device and dtype). ``layout``: the
+    tensors' ``(shape, dtype, device)`` list when the caller has already read it.
     """
     tensors = list(tensors)
     if not tensors:
         return []
-    layout = _layout(tensors)
+    if layout is None:
+        layout = _layout(tensors)
     if not isinstance(buffers, Buffers) or buffers.layout != layout:
         buffers = _allocate(tensors)
         buffers.layout = layout
