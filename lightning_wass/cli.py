@@ -95,7 +95,8 @@ def _public_classes(kind: str) -> dict[str, type]:
         obj = getattr(package, name)
         if isinstance(obj, type) and issubclass(obj, base):
             found[name] = obj
-    return found
+    # base classes others build on (InMemoryDataModule, TorchvisionImageDataModule) are not choices
+    return {n: c for n, c in found.items() if not any(o is not c and issubclass(o, c) for o in found.values())}
 
 
 def _importable_subclasses(kind: str) -> set[str]:
@@ -389,7 +390,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(TOP_LEVEL_HELP)
+        try:
+            print(TOP_LEVEL_HELP, flush=True)
+        except BrokenPipeError:  # `lightning-wass --help | head`
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     if argv[0] == "--version":
         from lightning_wass import __version__

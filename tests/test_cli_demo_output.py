@@ -54,3 +54,35 @@ def test_quiet_lightning_disabled_changes_nothing() -> None:
     levels = {name: logging.getLogger(name).level for name in LIGHTNING_LOGGERS}
     with quiet_lightning(enabled=False):
         assert {name: logging.getLogger(name).level for name in LIGHTNING_LOGGERS} == levels
+
+
+def _fit_with_progress(tty: bool, steps: int) -> str:
+    import io
+
+    import lightning.pytorch as pl
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    from lightning_wass.demo.progress import DemoProgress
+
+    stream = io.StringIO()
+    trainer = pl.Trainer(
+        max_steps=steps, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, accelerator="cpu", callbacks=[DemoProgress("run", stream=stream, tty=tty)],
+    )
+    with quiet_lightning():
+        trainer.fit(BoringModel())
+    return stream.getvalue()
+
+
+def test_progress_line_on_a_terminal_is_updated_in_place() -> None:
+    text = _fit_with_progress(tty=True, steps=3)
+    assert text.startswith("\r  run: ") or text.startswith("\r  run: done")
+    assert "\n" not in text.rstrip("\n")  # one line, rewritten with carriage returns
+    assert "  run: done (3 steps" in text
+
+
+def test_progress_off_a_terminal_is_a_start_and_an_end_line() -> None:
+    lines = _fit_with_progress(tty=False, steps=3).splitlines()
+    assert lines[0] == "  run: training (3 steps) ..."
+    assert lines[-1].startswith("  run: done (3 steps, ")
+    assert len(lines) == 2  # a short run prints no quarter lines
