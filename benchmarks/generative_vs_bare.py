@@ -1,0 +1,366 @@
+"""The generative modules (Lightning) against bare PyTorch loops doing the same updates.
+
+For each module, one "step" is the unit its paper counts, and both sides do exactly the same work
+per step on the same networks (the module's defaults for 2-D data, built once and copied), the same
+batch size, the same optimizers and the same number of inner steps:
+
+- ``WGAN`` (WGAN-GP, arXiv:1704.00028) **generator step**: ``n_critic = 5`` critic steps, each on a
+  fresh data batch, ``loss_c = mean f(G(z)) - mean f(x) + 10 mean (||grad f(x_hat)|| - 1)^2`` with
+  ``x_hat = eps x + (1 - eps) G(z)``, Adam(1e-4, (0.5, 0.9)); then one generator step on
+  ``-mean f(G(z))``. Networks: 3 x 512 ReLU MLPs (generator and critic).
+- ``W2GradientFlow`` (W2-FE, arXiv:2406.13619) **outer step**: one batch, ``y = G(z)``, the exact
+  minibatch OT plan ``P = ot.emd(1/n, 1/n, ||y_i - x_j||^2)``, ``T(y) = n P x``, targets
+  ``y + dt (T(y) - y)`` (``dt = 0.5``), then ``K = 5`` Adam(1e-3) steps on
+  ``(1/2) mean ||G(z) - target||^2`` with the same ``z``. Generator: 3 x 512 ReLU MLP.
+  ``--adversarial`` adds the paper's estimator (25 Adam(3e-3) steps of the W2-GAN potential pair
+  ``max E_P phi + E_mu psi - lambda E_{P x mu} (phi(x) + psi(y) - ||x - y||^2 / 2)_+^2``,
+  ``psi = -phi + eps``, ``lambda = 100``, then ``T(y) = y - grad psi(y)``).
+- ``W1W2ProximalFlow`` (arXiv:2407.11901) **potential step**: ``n_critic = 5`` discriminator steps,
+  each on a fresh data batch: Euler rollout ``x_{k+1} = x_k - dt grad_x U(x_k, t_k) / alpha``
+  (``K = 5``, ``T = 1``, ``alpha = 0.1``) from ``N(0, I)``, loss
+  ``-(mean phi(x_T) - log mean exp phi(x)) + 0.1 mean max(0, ||grad phi(x_hat)||^2 - 1)``,
+  Adam(1e-4, (0.5, 0.9)); then one potential step on ``mean phi(x_T) + alpha KE`` back-propagated
+  through the unrolled rollout (``create_graph``), ``KE = sum_k dt mean ||grad U||^2 / (2 alpha^2)``,
+  Adam(5e-4, (0.5, 0.9)). Networks: ``U`` 3 x 128 tanh MLP on ``[x, t]``, ``phi`` 3 x 128 ReLU MLP.
+
+"ours" is ``Trainer.fit(module, TensorDataModule(x, batch_size=256))`` (logger, checkpointing,
+progress bar, model summary and validation off; everything else as a user gets it: the
+DataLoader and its sampler, Lightning's loop and manual optimization, our divergence guard and
+its checks, ``self.log``). The clock runs from the end of the batch that completes step ``warmup``
+to the end of the batch that completes step ``warmup + steps`` (a callback reading the module's
+counter). "bare" is the loop a user would write by hand: a ``randperm`` per epoch, slice the batch,
+the same updates with ``torch.Generator``-seeded noise. Both run in this process, alternating
+(ours, bare, ours, bare, ...) over ``--rounds`` rounds so that load from other processes hits
+both alike; the table gives milliseconds per step from the CPU time of this (single) working
+thread, which approximates an idle machine's wall time and resists other processes' load, the
+wall time beside it, and the median over rounds of the paired ratio ``bare / ours`` (1 = as fast
+as the bare loop; the target is >= 0.9).
+
+Run:  .venv/bin/python benchmarks/generative_vs_bare.py [--quick] [--threads 1] [--adversarial] [--device cpu]
+Writes benchmarks/results/generative_vs_bare.json (git-ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import ot
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import Tensor, nn
+
+from lightning_wass import TensorDataModule, W1W2ProximalFlow, W2GradientFlow, WGAN
+
+RESULTS = Path(__file__).resolve().parent / "results" / "generative_vs_bare.json"
+BATCH = 256
+
+
+def eight_gaussians(n: int, seed: int = 0) -> Tensor:
+    """``n`` points of 8 Gaussians (radius 2, std 0.05) on a circle."""
+    g = torch.Generator().manual_seed(seed)
+    angles = torch.randint(0, 8, (n,), generator=g).float() * (2 * math.pi / 8)
+    centres = 2.0 * torch.stack([angles.cos(), angles.sin()], dim=1)
+    return centres + 0.05 * torch.randn(n, 2, generator=g)
+
+
+def clocks() -> tuple[float, float]:
+    """(wall time, CPU time of this thread)."""
+    return time.perf_counter(), time.thread_time()
+
+
+def elapsed(start: tuple[float, float], end: tuple[float, float], steps: int) -> tuple[float, float]:
+    """Milliseconds per step (wall, CPU)."""
+    return 1000 * (end[0] - start[0]) / steps, 1000 * (end[1] - start[1]) / steps
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ---------------------------------------------------------------------------------- ours
+class StepClock(Callback):
+    """Clock from the end of the batch completing step ``warmup`` to the end of the one completing
+    ``warmup + steps`` (steps read by ``counter(module)``); then stop training."""
+
+    def __init__(self, counter: Callable[[Any], int], warmup: int, steps: int, device: torch.device) -> None:
+        self.counter, self.warmup, self.steps, self.device = counter, warmup, steps, device
+        self.start: tuple[float, float] | None = None
+        self.end: tuple[float, float] | None = None
+        self.last = -1
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        step = self.counter(pl_module)
+        if step == self.last:
+            return
+        self.last = step
+        if step == self.warmup:
+            synchronize(self.device)
+            self.start = clocks()
+        elif step == self.warmup + self.steps:
+            synchronize(self.device)
+            self.end = clocks()
+            trainer.should_stop = True
+
+
+def time_ours(module: pl.LightningModule, counter: Callable[[Any], int], x: Tensor, warmup: int, steps: int, device: torch.device) -> tuple[float, float]:
+    data = TensorDataModule(x, val_fraction=0.0, batch_size=BATCH, drop_last=True)
+    clock = StepClock(counter, warmup, steps, device)
+    trainer = pl.Trainer(
+        accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, max_epochs=10_000, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+        num_sanity_val_steps=0, callbacks=[clock],
+    )
+    trainer.fit(module, data)
+    assert clock.start is not None and clock.end is not None, "the run ended before the clock stopped"
+    return elapsed(clock.start, clock.end, steps)
+
+
+# ---------------------------------------------------------------------------------- bare: data
+class Batches:
+    """A randperm per epoch over ``x`` (on ``device``), sliced into full batches."""
+
+    def __init__(self, x: Tensor, device: torch.device, seed: int = 0) -> None:
+        self.x, self.g, self.order, self.at = x.to(device), torch.Generator().manual_seed(seed), torch.empty(0, dtype=torch.long), 0
+
+    def next(self) -> Tensor:
+        if self.at + BATCH > len(self.order):
+            self.order, self.at = torch.randperm(len(self.x), generator=self.g).to(self.x.device), 0
+        index = self.order[self.at : self.at + BATCH]
+        self.at += BATCH
+        return self.x[index]
+
+
+def grad_norms(f: Callable[[Tensor], Tensor], points: Tensor) -> Tensor:
+    """``||grad_x f(x_i)||`` with the graph kept (a penalty)."""
+    points = points.detach().requires_grad_(True)
+    (g,) = torch.autograd.grad(f(points).sum(), points, create_graph=True)
+    return g.flatten(1).norm(dim=1)
+
+
+def time_loop(step: Callable[[], None], warmup: int, steps: int, device: torch.device) -> tuple[float, float]:
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+    start = clocks()
+    for _ in range(steps):
+        step()
+    synchronize(device)
+    return elapsed(start, clocks(), steps)
+
+
+# ---------------------------------------------------------------------------------- bare: WGAN-GP
+def bare_wgan(template: WGAN, x: Tensor, device: torch.device) -> Callable[[], None]:
+    G, f = copy.deepcopy(template.generator).to(device), copy.deepcopy(template.critic).to(device)
+    opt_g = torch.optim.Adam(G.parameters(), lr=1e-4, betas=(0.5, 0.9))
+    opt_c = torch.optim.Adam(f.parameters(), lr=1e-4, betas=(0.5, 0.9))
+    batches, g, latent = Batches(x, device), torch.Generator(device).manual_seed(1), template.latent_dim
+
+    def score(v: Tensor) -> Tensor:
+        return f(v).reshape(len(v))
+
+    def step() -> None:
+        for _ in range(5):
+            real = batches.next()
+            with torch.no_grad():
+                fake = G(torch.randn(BATCH, latent, generator=g, device=device))
+            eps = torch.rand(BATCH, 1, generator=g, device=device)
+            penalty = (grad_norms(score, eps * real + (1 - eps) * fake) - 1).square().mean()
+            loss = score(fake).mean() - score(real).mean() + 10.0 * penalty
+            opt_c.zero_grad(set_to_none=True)
+            loss.backward()
+            opt_c.step()
+        loss_g = -score(G(torch.randn(BATCH, latent, generator=g, device=device))).mean()
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+
+    return step
+
+
+# ---------------------------------------------------------------------------------- bare: W2-FE
+def bare_w2fe(template: W2GradientFlow, x: Tensor, device: torch.device) -> Callable[[], None]:
+    G = copy.deepcopy(template.generator).to(device)
+    opt_g = torch.optim.Adam(G.parameters(), lr=1e-3, betas=(0.9, 0.999))
+    adversarial = template.transport == "adversarial"
+    if adversarial:
+        phi, eps_net = copy.deepcopy(template.potential).to(device), copy.deepcopy(template.potential_correction).to(device)
+        opt_p = torch.optim.Adam([*phi.parameters(), *eps_net.parameters()], lr=3e-3)
+    batches, g, latent = Batches(x, device), torch.Generator(device).manual_seed(1), template.latent_dim
+    uniform = torch.full((BATCH,), 1.0 / BATCH, dtype=torch.float64)
+
+    def psi(v: Tensor) -> Tensor:
+        return -phi(v).reshape(-1) + eps_net(v).reshape(-1)
+
+    def step() -> None:
+        real = batches.next()
+        z = torch.randn(BATCH, latent, generator=g, device=device)
+        with torch.no_grad():
+            y = G(z)
+        if adversarial:
+            for _ in range(25):
+                cost = 0.5 * torch.cdist(real, y).square()
+                slack = torch.relu(phi(real).reshape(-1, 1) + psi(y).reshape(1, -1) - cost)
+                loss_p = -(phi(real).mean() + psi(y).mean() - 100.0 * slack.square().mean())
+                opt_p.zero_grad(set_to_none=True)
+                loss_p.backward()
+                opt_p.step()
+            yy = y.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(psi(yy).sum(), yy)
+            mapped = y - grad
+        else:
+            with torch.no_grad():
+                cost = torch.cdist(y.double(), real.double()).square()
+                plan = torch.as_tensor(ot.emd(uniform, uniform, cost.cpu()), device=device)
+                mapped = ((plan @ real.double()) / plan.sum(1, keepdim=True)).to(y.dtype)
+        targets = (y + 0.5 * (mapped - y)).detach()
+        for _ in range(5):
+            loss = 0.5 * (G(z) - targets).square().sum(1).mean()
+            opt_g.zero_grad(set_to_none=True)
+            loss.backward()
+            opt_g.step()
+
+    return step
+
+
+# ---------------------------------------------------------------------------------- bare: W1 (+) W2 proximal flow
+def bare_proximal(template: W1W2ProximalFlow, x: Tensor, device: torch.device) -> Callable[[], None]:
+    U, phi = copy.deepcopy(template.potential).to(device), copy.deepcopy(template.discriminator).to(device)
+    opt_phi = torch.optim.Adam(phi.parameters(), lr=1e-4, betas=(0.5, 0.9))
+    opt_u = torch.optim.Adam(U.parameters(), lr=5e-4, betas=(0.5, 0.9))
+    batches, g = Batches(x, device), torch.Generator(device).manual_seed(1)
+    K, T, alpha = 5, 1.0, 0.1
+    dt = T / K
+
+    def rollout(x0: Tensor, create_graph: bool) -> tuple[Tensor, list[Tensor]]:
+        state, grads = x0, []
+        for k in range(K):
+            t = torch.full((BATCH,), k * dt, device=device)
+            if not create_graph:
+                state = state.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(U(state, t).sum(), state, create_graph=create_graph)
+            state = state - (dt / alpha) * grad
+            grads.append(grad)
+        return (state if create_graph else state.detach()), grads
+
+    def score(v: Tensor) -> Tensor:
+        return phi(v).reshape(len(v))
+
+    def step() -> None:
+        for _ in range(5):
+            real = batches.next()
+            fake, _ = rollout(torch.randn(BATCH, 2, generator=g, device=device), create_graph=False)
+            phi_real = score(real)
+            estimate = score(fake).mean() - (torch.logsumexp(phi_real, 0) - math.log(BATCH))
+            u = torch.rand(BATCH, 1, generator=g, device=device)
+            penalty = torch.relu(grad_norms(score, u * real + (1 - u) * fake).square() - 1.0).mean()
+            loss = -estimate + 0.1 * penalty
+            opt_phi.zero_grad(set_to_none=True)
+            loss.backward()
+            opt_phi.step()
+        x0 = torch.randn(BATCH, 2, generator=g, device=device).requires_grad_(True)
+        x_T, grads = rollout(x0, create_graph=True)
+        energy = sum(dt * gr.square().sum(1).mean() / (2 * alpha**2) for gr in grads)
+        loss_u = score(x_T).mean() + alpha * energy
+        opt_u.zero_grad(set_to_none=True)
+        loss_u.backward()
+        opt_u.step()
+        opt_phi.zero_grad(set_to_none=True)
+
+    return step
+
+
+# ---------------------------------------------------------------------------------- cases
+def cases(adversarial: bool) -> list[dict[str, Any]]:
+    rows = [
+        {
+            "name": "WGAN-GP generator step (5 critic steps + 1 generator step)",
+            "build": lambda: WGAN(data_shape=(2,), lipschitz="gp", n_critic=5, eval_samples=0),
+            "bare": bare_wgan,
+            "counter": lambda m: m.generator_step,
+        },
+        {
+            "name": "W2GradientFlow outer step (exact minibatch OT, K = 5)",
+            "build": lambda: W2GradientFlow(data_shape=(2,), transport="exact", persistent_steps=5, eval_samples=0),
+            "bare": bare_w2fe,
+            "counter": lambda m: m.outer_step,
+        },
+        {
+            "name": "W1W2ProximalFlow potential step (5 discriminator steps + 1 potential step, 5 Euler steps)",
+            "build": lambda: W1W2ProximalFlow(data_shape=(2,), T=1.0, num_steps=5, alpha=0.1, n_critic=5),
+            "bare": bare_proximal,
+            "counter": lambda m: m.generator_step,
+        },
+    ]
+    if adversarial:
+        rows.insert(2, {
+            "name": "W2GradientFlow outer step (adversarial W2-GAN pair, 25 potential steps, K = 5)",
+            "build": lambda: W2GradientFlow(data_shape=(2,), transport="adversarial", persistent_steps=5, eval_samples=0),
+            "bare": bare_w2fe,
+            "counter": lambda m: m.outer_step,
+        })
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer steps and rounds (a smoke run, noisier)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    parser.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 5, quick 2)")
+    parser.add_argument("--adversarial", action="store_true", help="also time W2-FE with the adversarial estimator")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    warmup, steps = (3, 10) if args.quick else (5, 40)
+    rounds = args.rounds or (2 if args.quick else 5)
+    x = eight_gaussians(64 * 1024)
+    meta = {
+        "torch": torch.__version__, "lightning": pl.__version__, "python": platform.python_version(),
+        "machine": platform.machine(), "threads": args.threads, "device": str(device), "batch": BATCH,
+        "warmup_steps": warmup, "timed_steps": steps, "rounds": rounds, "quick": args.quick,
+    }
+    print(f"ms per step from this thread's CPU time (wall beside it); batch {BATCH}, {args.threads} thread(s), "
+          f"{device}, {steps} timed steps after {warmup}, {rounds} rounds; ratio = bare / ours (target >= 0.9)")
+    print(f"{'case':<92} {'ours ms':>8} {'bare ms':>8} {'ratio':>6} | {'wall ours':>9} {'wall bare':>9} {'ratio':>6}")
+    rows = []
+    for case in cases(args.adversarial):
+        ours, bare = [], []
+        for r in range(rounds):
+            pl.seed_everything(r, verbose=False)
+            template = case["build"]()
+            bare_step = case["bare"](template, x, device)
+            ours.append(time_ours(copy.deepcopy(template), case["counter"], x, warmup, steps, device))
+            bare.append(time_loop(bare_step, warmup, steps, device))
+        row = {
+            "case": case["name"],
+            "ours_ms_cpu": statistics.median(o[1] for o in ours), "bare_ms_cpu": statistics.median(b[1] for b in bare),
+            "ratio_cpu": statistics.median(b[1] / o[1] for o, b in zip(ours, bare)),
+            "ours_ms_wall": statistics.median(o[0] for o in ours), "bare_ms_wall": statistics.median(b[0] for b in bare),
+            "ratio_wall": statistics.median(b[0] / o[0] for o, b in zip(ours, bare)),
+            "ours_all": ours, "bare_all": bare,
+        }
+        rows.append(row)
+        print(
+            f"{case['name']:<92} {row['ours_ms_cpu']:>8.2f} {row['bare_ms_cpu']:>8.2f} {row['ratio_cpu']:>6.3f} | "
+            f"{row['ours_ms_wall']:>9.2f} {row['bare_ms_wall']:>9.2f} {row['ratio_wall']:>6.3f}",
+            flush=True,
+        )
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    out = RESULTS if not args.quick else RESULTS.with_name("generative_vs_bare_quick.json")
+    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
