@@ -68,13 +68,16 @@ def _expand_api_modules(markdown: str) -> str:
 def _public_names_table() -> str:
     import griffe
 
-    package = griffe.load("lightning_wass", search_paths=[str(ROOT)], resolve_aliases=False)
+    package = griffe.load("lightning_wass", search_paths=[str(ROOT)], resolve_aliases=True)
     rows = ["| name | documented at |", "|---|---|"]
     for name in package.exports or []:
         if name.startswith("__"):
             continue
         member = package.members.get(name)
-        target = getattr(member, "target_path", None) or (member.path if member is not None else None)
+        try:  # where it is defined (through re-exports such as lightning_wass.optim.OTMDR)
+            target = member.final_target.path if member is not None and member.is_alias else getattr(member, "path", None)
+        except (griffe.AliasResolutionError, griffe.CyclicAliasError):
+            target = getattr(member, "target_path", None)
         if target is None:  # lazy (PEP 562): the TYPE_CHECKING import names the defining module
             continue
         rows.append(f"| [`{name}`][{target}] | `{target}` |")
