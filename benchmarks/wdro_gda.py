@@ -70,33 +70,40 @@ def clocks() -> tuple[float, float]:
 
 
 class _Clock(Callback):
-    """Wall and CPU time from the end of iteration ``warmup`` to the end of the last iteration."""
+    """Wall and CPU time, and GDA iterations (``global_step``), from the end of Lightning step
+    ``warmup`` to the end of the last step."""
 
     def __init__(self, warmup: int) -> None:
-        self.warmup, self.start, self.end = warmup, (0.0, 0.0), (0.0, 0.0)
+        self.warmup, self.start, self.end = warmup, (0.0, 0.0, 0), (0.0, 0.0, 0)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step == self.warmup:
-            self.start = clocks()
-        self.end = clocks()
+        now = (*clocks(), trainer.global_step)
+        if trainer.fit_loop.epoch_loop.batch_progress.total.completed == self.warmup - 1:  # counted after this hook
+            self.start = now
+        self.end = now
+
+    def rates(self) -> tuple[float, float]:
+        iterations = self.end[2] - self.start[2]
+        return iterations / (self.end[0] - self.start[0]), iterations / (self.end[1] - self.start[1])
 
 
-def time_ours(x: Tensor, y: Tensor, warmup: int, steps: int) -> tuple[tuple[float, float], WorstCaseGenerator]:
-    """Iterations per second (wall, CPU) of Trainer.fit(WorstCaseGenerator)."""
+def time_ours(x: Tensor, y: Tensor, warmup: int, steps: int, k: int = 1) -> tuple[tuple[float, float], WorstCaseGenerator]:
+    """Iterations per second (wall, CPU) of Trainer.fit(WorstCaseGenerator(iterations_per_step=k));
+    ``warmup`` Lightning steps, then ``steps`` iterations (rounded up to a multiple of k)."""
     model, transport = networks(x.shape[1], 0)
     module = WorstCaseGenerator(
         model, loss="cross_entropy", gamma=GAMMA, model_lr=LR, model_momentum=MOMENTUM, particle_lr=LR,
         particle_momentum=MOMENTUM, transport_map=transport, transport_lr=MAP_LR, transport_batch_size=MATCH,
-        gradient_norm_every=0,
+        gradient_norm_every=0, iterations_per_step=k,
     )
-    data = TensorDataModule(x, y, x_test=x[:10], y_test=y[:10], val_fraction=0.0, batch_size=BATCH, return_index=True)
+    data = TensorDataModule(x, y, x_test=x[:10], y_test=y[:10], val_fraction=0.0, batch_size=k * BATCH, return_index=True)
     clock = _Clock(warmup)
     trainer = pl.Trainer(
-        accelerator="cpu", devices=1, max_steps=warmup + steps, logger=False, enable_checkpointing=False,
+        accelerator="cpu", devices=1, max_steps=k * (warmup + -(-steps // k)), logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=[clock],
     )
     trainer.fit(module, data)
-    return (steps / (clock.end[0] - clock.start[0]), steps / (clock.end[1] - clock.start[1])), module
+    return clock.rates(), module
 
 
 class _Floor(pl.LightningModule):
@@ -128,7 +135,7 @@ def time_floor(x: Tensor, y: Tensor, warmup: int, steps: int) -> tuple[float, fl
         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=[clock],
     )
     trainer.fit(_Floor(), data)
-    return steps / (clock.end[0] - clock.start[0]), steps / (clock.end[1] - clock.start[1])
+    return clock.rates()
 
 
 # ---------------------------------------------------------------------------------- bare PyTorch
@@ -171,58 +178,70 @@ def time_bare(x: Tensor, y: Tensor, warmup: int, steps: int) -> tuple[float, flo
 # ---------------------------------------------------------------------------------- main
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer iterations and rounds (a smoke run)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: d=2 and 20, n=1e3, k=1 and 10, few iterations")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
-    parser.add_argument("--dims", type=int, nargs="+", default=[2, 20, 256])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000])
+    parser.add_argument("--dims", type=int, nargs="+", default=None, help="feature dimensions d (default 2 20 256)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=None, help="numbers of particles n (default 1e3 1e4 1e5)")
+    parser.add_argument("--k", type=int, nargs="+", default=[1, 10], help="iterations_per_step values (default 1 10)")
+    parser.add_argument("--rounds", type=int, default=None, help="ABAB rounds (default 5, quick 2)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    warmup, steps, rounds = (5, 20, 2) if args.quick else (10, 100, 5)
+    dims = args.dims or ([2, 20] if args.quick else [2, 20, 256])
+    sizes = args.sizes or ([1_000] if args.quick else [1_000, 10_000, 100_000])
+    warmup, steps, rounds = (2, 40, 2) if args.quick else (3, 200, 5)
+    rounds = args.rounds or rounds
 
     rows = []
     header = (
-        f"{'d':>4} {'n':>7} | {'ours it/s':>9} {'bare it/s':>9} {'ours/bare':>9} {'extra ms/it':>11} | {'wall ours/bare':>14} | "
+        f"{'d':>4} {'n':>7} {'k':>3} | {'ours it/s':>9} {'bare it/s':>9} {'ours/bare':>9} {'extra ms/it':>11} | {'wall ours/bare':>14} | "
         f"{'GN eval s':>9} {'ours vs n=1e3':>13}"
     )
-    print("iterations per second from CPU time (wall-time ratio beside it); medians over rounds")
+    print("GDA iterations per second from CPU time (wall-time ratio beside it); medians over rounds; ours and bare")
+    print("alternate in this one process; k = iterations_per_step (GDA iterations per Lightning step)")
     print(header)
     print("-" * len(header))
-    for d in args.dims:
-        base = None
-        for n in args.sizes:
+    base: dict[tuple[int, int], float] = {}
+    for d in dims:
+        for n in sizes:
             x, y = make_data(n, d)
-            ours, bare = [], []
+            ours: dict[int, list[tuple[float, float]]] = {k: [] for k in args.k}
+            bare: list[tuple[float, float]] = []
             module = None
             for _ in range(rounds):
-                a, module = time_ours(x, y, warmup, steps)
-                ours.append(a)
-                bare.append(time_bare(x, y, warmup, steps))
+                for k in args.k:
+                    a, module = time_ours(x, y, warmup, steps, k)
+                    ours[k].append(a)
+                bare.append(time_bare(x, y, warmup * max(args.k), steps))
             assert module is not None
             start = time.perf_counter()
             module.compute_gradient_norms()
             gn_seconds = time.perf_counter() - start
-            row = {
-                "d": d, "n": n,
-                "ours_its_cpu": statistics.median(o[1] for o in ours), "bare_its_cpu": statistics.median(b[1] for b in bare),
-                "ratio_cpu": statistics.median(o[1] / b[1] for o, b in zip(ours, bare)),
-                "ours_its_wall": statistics.median(o[0] for o in ours), "bare_its_wall": statistics.median(b[0] for b in bare),
-                "ratio_wall": statistics.median(o[0] / b[0] for o, b in zip(ours, bare)),
-                "gn_eval_seconds": gn_seconds, "ours_all": ours, "bare_all": bare,
-            }
-            base = base or row["ours_its_cpu"]
-            row["ours_vs_smallest_n"] = row["ours_its_cpu"] / base
-            row["extra_ms_per_it"] = 1000 * (1 / row["ours_its_cpu"] - 1 / row["bare_its_cpu"])
-            rows.append(row)
-            print(
-                f"{d:>4} {n:>7} | {row['ours_its_cpu']:>9.1f} {row['bare_its_cpu']:>9.1f} {row['ratio_cpu']:>9.3f} {row['extra_ms_per_it']:>11.2f} | "
-                f"{row['ratio_wall']:>14.3f} | {gn_seconds:>9.3f} {row['ours_vs_smallest_n']:>13.3f}",
-                flush=True,
-            )
-    floor = [time_floor(*make_data(args.sizes[0], args.dims[0]), warmup, 4 * steps)[1] for _ in range(rounds)]
+            for k in args.k:
+                row = {
+                    "d": d, "n": n, "k": k,
+                    "ours_its_cpu": statistics.median(o[1] for o in ours[k]), "bare_its_cpu": statistics.median(b[1] for b in bare),
+                    "ratio_cpu": statistics.median(o[1] / b[1] for o, b in zip(ours[k], bare)),
+                    "ours_its_wall": statistics.median(o[0] for o in ours[k]), "bare_its_wall": statistics.median(b[0] for b in bare),
+                    "ratio_wall": statistics.median(o[0] / b[0] for o, b in zip(ours[k], bare)),
+                    "gn_eval_seconds": gn_seconds, "ours_all": ours[k], "bare_all": bare,
+                }
+                base.setdefault((d, k), row["ours_its_cpu"])
+                row["ours_vs_smallest_n"] = row["ours_its_cpu"] / base[(d, k)]
+                row["extra_ms_per_it"] = 1000 * (1 / row["ours_its_cpu"] - 1 / row["bare_its_cpu"])
+                rows.append(row)
+                print(
+                    f"{d:>4} {n:>7} {k:>3} | {row['ours_its_cpu']:>9.1f} {row['bare_its_cpu']:>9.1f} {row['ratio_cpu']:>9.3f} "
+                    f"{row['extra_ms_per_it']:>11.2f} | {row['ratio_wall']:>14.3f} | {gn_seconds:>9.3f} {row['ours_vs_smallest_n']:>13.3f}",
+                    flush=True,
+                )
+    floor = [time_floor(*make_data(sizes[0], dims[0]), warmup, 4 * steps)[1] for _ in range(rounds)]
     floor_ms = 1000 / statistics.median(floor)
-    print(f"\nLightning floor (a module doing one SGD step on one parameter, same DataModule): {floor_ms:.2f} ms/it CPU")
+    print(f"\nLightning floor (a module doing one SGD step on one parameter per step, same DataModule): {floor_ms:.2f} ms/step CPU")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"torch": torch.__version__, "lightning": pl.__version__, "threads": args.threads, "python": platform.python_version(), "warmup": warmup, "steps": steps, "rounds": rounds}
+    meta = {
+        "torch": torch.__version__, "lightning": pl.__version__, "threads": args.threads, "python": platform.python_version(),
+        "warmup_steps": warmup, "iterations": steps, "rounds": rounds, "k": args.k, "quick": args.quick,
+    }
     RESULTS.write_text(json.dumps({"meta": meta, "rows": rows, "lightning_floor_ms_cpu": floor_ms}, indent=2))
     print(f"\nwrote {RESULTS}")
 

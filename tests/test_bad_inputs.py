@@ -246,6 +246,8 @@ CASES += [
     *bad("WorstCaseGenerator", worst_case, "gradient_norm_every", ints(0)),
     *bad("WorstCaseGenerator", worst_case, "gradient_norm_chunk_size", ints(1)),
     *bad("WorstCaseGenerator", worst_case, "seed", ints(0)),
+    *bad("WorstCaseGenerator", worst_case, "iterations_per_step", ints(1)),
+    Case("WorstCaseGenerator(gradient_norm_every=2, iterations_per_step=3)", lambda: worst_case(gradient_norm_every=2, iterations_per_step=3), ValueError, "iterations_per_step"),
     Case("WorstCaseGenerator.transport(x=list)", lambda: worst_case().transport([[0.0, 1.0]]), TypeError, "x"),
 ]
 

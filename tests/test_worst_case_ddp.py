@@ -15,7 +15,9 @@ from torch import nn
 from lightning_wass import GradientNormStopping, TensorDataModule, WorstCaseGenerator
 
 
-def _run(devices: int, batch_size: int, root: Path, n: int = 64, max_steps: int = 20, stop: bool = True) -> tuple[WorstCaseGenerator, GradientNormStopping]:
+def _run(
+    devices: int, batch_size: int, root: Path, n: int = 64, max_steps: int = 20, stop: bool = True, iterations_per_step: int = 1
+) -> tuple[WorstCaseGenerator, GradientNormStopping]:
     pl.seed_everything(0, verbose=False)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, 3, generator=g)
@@ -24,7 +26,8 @@ def _run(devices: int, batch_size: int, root: Path, n: int = 64, max_steps: int 
     torch.manual_seed(1)
     model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
     module = WorstCaseGenerator(
-        model, gamma=0.3, model_lr=0.05, particle_lr=0.05, transport_hidden=(16,), transport_lr=1e-2, transport_batch_size=10, gradient_norm_every=3
+        model, gamma=0.3, model_lr=0.05, particle_lr=0.05, transport_hidden=(16,), transport_lr=1e-2, transport_batch_size=10, gradient_norm_every=3,
+        iterations_per_step=iterations_per_step,
     )
     stopping = GradientNormStopping(tol=1e3, patience=2)  # the reduced decision stops every rank at iteration 6
     trainer = pl.Trainer(
@@ -97,3 +100,30 @@ def test_a_data_set_size_not_divisible_by_the_world_size_updates_each_particle_o
     reference = single.state_dict()
     for key in (k for k in reference if not k.endswith("_extra_state")):
         torch.testing.assert_close(state[key], reference[key], rtol=0, atol=1e-10)
+
+
+@pytest.mark.ddp
+def test_k_iterations_per_step_under_ddp_with_padding_follow_one_process(tmp_path: Path) -> None:
+    """n = 201 on 2 processes with iterations_per_step=3 and 48 rows per rank and step (3 GDA
+    batches of 16 per rank; the epoch's last batch, 5 rows with one padding row, is one part):
+    12 iterations in 5 steps (3, 3, 1, 3, then 2 of 3 at max_steps) equal 12 iterations of one
+    process with k = 1 and batch 32, the padding rows dropped."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single, _ = _run(1, 32, tmp_path / "one", n=201, max_steps=12, stop=False)
+        double, _ = _run(2, 48, tmp_path / "two", n=201, max_steps=12, stop=False, iterations_per_step=3)
+    finally:
+        torch.set_num_threads(threads)
+    assert single.iteration == double.iteration == 12
+    checkpoint = torch.load(tmp_path / "two" / "ckpt" / "last.ckpt", weights_only=False)
+    assert checkpoint["global_step"] == 12
+    state = checkpoint["state_dict"]
+    for name in ("samples", "momentum"):
+        torch.testing.assert_close(state["particle_table._extra_state"][name], getattr(single.particle_table, name), rtol=0, atol=1e-10)
+    reference = single.state_dict()
+    for key in (k for k in reference if not k.endswith("_extra_state")):
+        torch.testing.assert_close(state[key], reference[key], rtol=0, atol=1e-10)
+    assert [h["iteration"] for h in double.gradient_norm_history] == [3.0, 6.0, 9.0, 12.0]
+    for h, k in zip(double.gradient_norm_history, single.gradient_norm_history):
+        assert h["gn_T"] == pytest.approx(k["gn_T"], rel=1e-9) and h["gn_theta"] == pytest.approx(k["gn_theta"], rel=1e-9)

@@ -143,9 +143,12 @@ def gradient_norms(
         parameters: the trained parameters ``theta`` (empty: ``GN_theta`` is not computed, as for
             a frozen model).
         weight_decay: the model optimizer's L2 weight decay, part of its objective.
-        chunk_size: particles per forward/backward pass.
-        rows: evaluate only these rows (a shard; ``reduce`` then sums the shards) and divide by
-            ``total`` particles.
+        chunk_size: particles per forward/backward pass. The evaluation streams over the particles
+            in chunks (rows given as indices are gathered one chunk at a time), so its memory is
+            one chunk's activations plus the parameter-sized sums, flat in ``n``; the result does
+            not depend on ``chunk_size`` (up to the floating-point order of the sums).
+        rows: evaluate only these rows (a shard, indices or a slice; ``reduce`` then sums the
+            shards) and divide by ``total`` particles.
         reduce: sums a tensor across processes (``None`` = a single process).
 
     Uses ``torch.autograd.grad``, so no ``.grad`` is touched (safe inside a DDP step). The model
@@ -154,17 +157,21 @@ def gradient_norms(
     """
     check_int("chunk_size", chunk_size, minimum=1)
     n = int(samples.shape[0]) if total is None else int(total)
-    if rows is not None:
+    if isinstance(rows, slice):  # a strided view: no copy
         samples, origins = samples[rows], origins[rows]
         targets = None if targets is None else targets[rows]
+        rows = None
+    count = int(samples.shape[0]) if rows is None else int(rows.shape[0])
     params = [p for p in parameters]
     param_sums = [torch.zeros_like(p) for p in params]
     ascent_sq = samples.new_zeros(())
     with torch.enable_grad(), eval_mode(model):  # eval: no BatchNorm statistics update, no dropout
-        for start in range(0, samples.shape[0], chunk_size):
-            v = samples[start : start + chunk_size].detach().requires_grad_(True)
-            x = origins[start : start + chunk_size]
-            y = None if targets is None else targets[start : start + chunk_size]
+        for start in range(0, count, chunk_size):
+            # one chunk of rows at a time (gathered here when rows are given): memory flat in n
+            pick = slice(start, start + chunk_size) if rows is None else rows[start : start + chunk_size]
+            v = samples[pick].detach().requires_grad_(True)
+            x = origins[pick]
+            y = None if targets is None else targets[pick]
             losses = checked_losses(loss_fn, model(v), y, v.shape[0])
             grads = torch.autograd.grad(losses.sum(), [v, *params], allow_unused=True)
             grad_v = torch.zeros_like(v) if grads[0] is None else grads[0]

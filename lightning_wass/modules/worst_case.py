@@ -22,7 +22,8 @@ transport map's sizing in :mod:`.worst_case_transport`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import lightning.pytorch as pl
@@ -39,7 +40,7 @@ from lightning_wass._validation import (
     check_positive,
     check_shape,
 )
-from lightning_wass.datamodules.batch import require_index, unpack_batch
+from lightning_wass.datamodules.batch import Batch, require_index, unpack_batch
 from lightning_wass.guard import StepCheck, UpdateGuard, rms_norm
 from lightning_wass.modules.worst_case_exchange import GlobalBatch, NewRows, RowExchange
 from lightning_wass.modules.worst_case_particles import ParticleTable, WorstCaseParticles
@@ -91,10 +92,33 @@ class WorstCaseGenerator(CheckpointedModule, pl.LightningModule):
             iterations (0 = never); :class:`~lightning_wass.callbacks.GradientNormStopping` reads them.
         gradient_norm_chunk_size: particles per pass of that evaluation.
         seed: seeds the choice of the matching sub-batches (a function of ``(seed, iteration)``).
+        iterations_per_step: ``k``, the GDA iterations of one Lightning step (default 1). Each
+            training batch of ``B`` rows is split into ``k`` consecutive GDA batches of ``m = B / k``
+            rows (``k`` must divide the DataLoader's ``batch_size``; give the DataModule
+            ``batch_size = k m``), so Lightning's fixed cost per step (its loop, the DataLoader, the
+            hooks, the divergence guard's snapshot and host read) is paid once per ``k`` iterations.
+            The iterates are those of ``k`` steps of ``k = 1`` with batch ``m`` (the same
+            rows in the same order: our samplers' order does not depend on the batch size).
 
-    One Trainer step is one GDA iteration (``max_steps`` counts iterations). Batches must carry the
-    dataset index of each sample (``return_index=True`` on our DataModules). After ``fit``:
-    :attr:`particles` (worst-case samples with their targets), :meth:`transport` for new points.
+    An *iteration* is one GDA update (one batch of ``m`` indices, the three updates above);
+    :attr:`iteration` and ``trainer.global_step`` count iterations, and so do ``max_steps`` (the
+    last step runs only the iterations it leaves), ``model_warmup_steps``, ``gradient_norm_every``
+    and the matching rows' seed. A Lightning *step* runs ``k`` iterations (fewer at the end of an
+    epoch); ``batch_idx``, ``log_every_n_steps`` and the ``on_train_batch_*`` hooks count steps,
+    the logged ``train/*`` statistics are the step's last iteration's, and a divergence anywhere in
+    a step undoes the whole step (every iteration of it: networks, optimizers, particles, counters).
+    The gradient norms are evaluated after each iteration that is a multiple of
+    ``gradient_norm_every`` (the same evaluations as with ``k = 1``; ``gradient_norm_every`` must be
+    0 or ``>= k``, so a step makes at most one), and
+    :class:`~lightning_wass.callbacks.GradientNormStopping` reads them at the end of the step: it
+    stops training at the end of the step of the stopping evaluation (``stopped_iteration`` is the
+    evaluation's iteration; up to ``k - 1`` iterations may follow it in that step). Callbacks
+    that act at multiples of ``global_step`` (``ModelCheckpoint(every_n_train_steps=...)``) see
+    only step ends: use multiples of ``k``. With ``k = 1`` one Trainer step is one GDA iteration.
+
+    Batches must carry the dataset index of each sample (``return_index=True`` on our
+    DataModules). After ``fit``: :attr:`particles` (worst-case samples with their targets),
+    :meth:`transport` for new points.
 
     The constructor arguments are validated and kept as typed attributes of the same names (also
     saved as hyperparameters, for checkpoints and the CLI).
@@ -124,6 +148,7 @@ class WorstCaseGenerator(CheckpointedModule, pl.LightningModule):
         gradient_norm_every: int = 100,
         gradient_norm_chunk_size: int = 4096,
         seed: int = 0,
+        iterations_per_step: int = 1,
     ) -> None:
         super().__init__()
         check_module("model", model)
@@ -140,6 +165,12 @@ class WorstCaseGenerator(CheckpointedModule, pl.LightningModule):
         self.gradient_norm_every: int = check_int("gradient_norm_every", gradient_norm_every, minimum=0)
         self.gradient_norm_chunk_size: int = check_int("gradient_norm_chunk_size", gradient_norm_chunk_size, minimum=1)
         self.seed: int = check_int("seed", seed, minimum=0)
+        self.iterations_per_step: int = check_int("iterations_per_step", iterations_per_step, minimum=1)
+        if 0 < self.gradient_norm_every < self.iterations_per_step:
+            raise ValueError(
+                f"gradient_norm_every={gradient_norm_every} must be 0 or >= iterations_per_step={iterations_per_step}: "
+                "GradientNormStopping checks the latest evaluation once per Lightning step, so a step may make at most one"
+            )
         self.model_warmup_steps: int = check_int("model_warmup_steps", model_warmup_steps, minimum=0)
         self.transport_hidden: list[int] = list(check_shape("transport_hidden", transport_hidden, allow_empty=True))
         self.train_model: bool = check_bool("train_model", train_model)
@@ -289,48 +320,104 @@ class WorstCaseGenerator(CheckpointedModule, pl.LightningModule):
             self.model.eval()  # a frozen model: no dropout, no BatchNorm statistics updates
         return self
 
-    # ================================================================== the GDA iteration
+    # ================================================================== the GDA iterations
     def training_step(self, batch: Any, batch_idx: int) -> None:
-        """One GDA iteration on the batch's rows (the update rule of the module docstring)."""
-        step = self._draw_batch(batch)  # this rank's rows, and the global batch's indices
+        """``iterations_per_step`` GDA iterations, one per part of the batch (see the class docstring)."""
+        parts = self._split_batch(batch)  # the step's GDA batches of m rows each
         optimizers = self._optimizer_list()
-        for opt in optimizers:
-            opt.zero_grad(set_to_none=True)
-
-        with self._guarded_step() as check:
-            check.finite("the training batch", step.x, "clean the data (NaN or Inf in the inputs)", error=ValueError)
-            v_old, g_old = self._read_particles(step)  # the particles v_i and momentum g_i of the batch
-            v = v_old.detach().clone().requires_grad_(True)
-            losses = self._particle_losses(v, step.y)  # loss(theta, v_i)
-            matching = self._matching_loss(step)  # the transport map's loss over m' particles
-            # one backward: d/dtheta for the model, d/dv for the particles, d/dphi for the map
-            self.manual_backward(self._model_loss(losses, step) + matching)
-            v_new, g_new = self._particle_ascent(v, v_old, g_old, step)
-            new = RowExchange(self._trainer).finish(step, v_new, g_new, losses, matching)  # the global batch's rows
-            self._record_checks(check, new, optimizers)
-            self._step_optimizers(optimizers)  # the model descends (SGD), the transport map steps (Adam)
-            check.verify()  # one host read of every check; a failure restores the networks and raises
-            self._write_particles(new)
-            self.iteration += 1
+        # every iteration writes its rows for the next one to read (undone if the step fails); the
+        # guard's end verifies the whole step in one host read
+        with self._undo_on_failure() as undo, self._guarded_step(len(parts)) as check:
+            for part in parts:
+                step = self._draw_batch(part)  # this rank's rows, and the global batch's indices
+                check.finite("the training batch", step.x, "clean the data (NaN or Inf in the inputs)", error=ValueError)
+                for opt in optimizers:
+                    opt.zero_grad(set_to_none=True)
+                v_old, g_old = self._read_particles(step)  # the particles v_i and momentum g_i of the batch
+                v = v_old.detach().clone().requires_grad_(True)
+                losses = self._particle_losses(v, step.y)  # loss(theta, v_i)
+                matching = self._matching_loss(step)  # the transport map's loss over m' particles
+                # one backward: d/dtheta for the model, d/dv for the particles, d/dphi for the map
+                self.manual_backward(self._model_loss(losses, step) + matching)
+                v_new, g_new = self._particle_ascent(v, v_old, g_old, step)
+                new = RowExchange(self._trainer).finish(step, v_new, g_new, losses, matching)  # the global batch's rows
+                self._record_checks(check, new, optimizers)
+                self._step_optimizers(optimizers)  # the model descends (SGD), the transport map steps (Adam)
+                self._write_particles(new, undo)
+                self.iteration += 1
+                if self.gradient_norm_every and self.iteration % self.gradient_norm_every == 0:
+                    check.verify()  # the step so far is sound (one host read) before the norms measure it
+                    self.evaluate_gradient_norms(log=True)
 
         if self._should_log():
             self._log_step(new, v_old, step)
-        if self.gradient_norm_every and self.iteration % self.gradient_norm_every == 0:
-            self.evaluate_gradient_norms(log=True)
 
     def on_train_epoch_end(self) -> None:
         self.particle_table.update_complete()  # a lazily filled table stops registering rows once full
 
     # ------------------------------------------------------------------ the pieces of an iteration
-    def _draw_batch(self, batch: Any) -> GlobalBatch:
-        """Read the batch (with its dataset indices), gather the global batch, register new rows."""
+    def _split_batch(self, batch: Any) -> list[Batch]:
+        """The Lightning batch as the step's GDA batches: consecutive parts of ``m`` rows.
+
+        ``m = B / iterations_per_step`` for the training DataLoader's ``batch_size`` ``B`` (the
+        epoch's last, shorter batch gives fewer or shorter parts: the batches a DataLoader with
+        batch size ``m`` would give); at most as many parts as ``max_steps`` leaves.
+        """
         unpacked = unpack_batch(batch)
         index = require_index(unpacked, type(self).__name__)
+        k = self.iterations_per_step
+        if k == 1:
+            return [Batch(unpacked.x, unpacked.y, index)]
+        size = self._part_size(len(unpacked))
+        parts = [
+            Batch(x, None if unpacked.y is None else unpacked.y[start : start + size], index[start : start + size])
+            for start, x in zip(range(0, len(unpacked), size), torch.split(unpacked.x, size))
+        ]
+        trainer = self._trainer
+        max_steps = -1 if trainer is None else int(trainer.max_steps)
+        if max_steps >= 0:
+            parts = parts[: max(1, max_steps - int(trainer.global_step))]  # type: ignore[union-attr]
+        return parts
+
+    def _part_size(self, rows: int) -> int:
+        """Rows ``m`` of one GDA batch: the train DataLoader's batch size over ``iterations_per_step``
+        (without a known batch size: this batch's rows over ``iterations_per_step``, rounded up)."""
+        k = self.iterations_per_step
+        loader = None if self._trainer is None else getattr(self.trainer, "train_dataloader", None)
+        batch_size = getattr(loader, "batch_size", None)
+        if not isinstance(batch_size, int):
+            return -(-rows // k)
+        if batch_size % k:
+            raise ValueError(
+                f"iterations_per_step={k} must divide the training DataLoader's batch_size={batch_size}: each "
+                f"batch is split into {k} GDA batches of batch_size / iterations_per_step rows (for GDA batches "
+                f"of m rows, give the DataModule batch_size=m * {k})"
+            )
+        return batch_size // k
+
+    @contextmanager
+    def _undo_on_failure(self) -> Iterator[list[tuple[Tensor, Tensor, Tensor]]]:
+        """Each iteration writes its particles before the step is verified (the next iteration
+        reads them); if the step fails, its writes and its gradient-norm evaluations are undone
+        (latest first; the guard restores the networks, the optimizers and the counters), so a
+        failed step leaves nothing written, as if it had been verified before writing."""
+        undo: list[tuple[Tensor, Tensor, Tensor]] = []
+        kept = (dict(self.gradient_norms), self.gradient_norms_iteration, len(self.gradient_norm_history))
+        try:
+            yield undo
+        except BaseException:
+            self.particle_table.rollback(undo)
+            self.gradient_norms, self.gradient_norms_iteration = kept[0], kept[1]
+            del self.gradient_norm_history[kept[2] :]
+            raise
+
+    def _draw_batch(self, part: Batch) -> GlobalBatch:
+        """This rank's rows of one GDA batch, the global batch's indices; registers new rows."""
         table = self.particle_table
         if not table.allocated:
-            table.allocate(int(self.num_particles), unpacked.x, unpacked.y)  # type: ignore[arg-type]
-        x = unpacked.x.to(table.dtype)
-        step = RowExchange(self._trainer).start(index, x, unpacked.y, with_data=not table.complete)
+            table.allocate(int(self.num_particles), part.x, part.y)  # type: ignore[arg-type]
+        x = part.x.to(table.dtype)
+        step = RowExchange(self._trainer).start(part.index, x, part.y, with_data=not table.complete)  # type: ignore[arg-type]
         if not table.complete:
             self._check_index(step.rows, table.size)  # one host sync, only while the table fills
             table.register(step.rows, step.x_all, step.y_all)
@@ -387,10 +474,11 @@ class WorstCaseGenerator(CheckpointedModule, pl.LightningModule):
             # one counted (Lightning) step per iteration, so max_steps counts GDA iterations
             (opt if i == 0 else opt.optimizer).step()
 
-    def _write_particles(self, new: NewRows) -> None:
-        """Every rank writes the global batch's new rows alike (after the warm-up)."""
+    def _write_particles(self, new: NewRows, undo: list[tuple[Tensor, Tensor, Tensor]] | None = None) -> None:
+        """Every rank writes the global batch's new rows alike (after the warm-up), recording the
+        old rows in ``undo``."""
         if self.iteration >= self.model_warmup_steps:
-            self.particle_table.write(new.index, new.samples, new.momentum)
+            self.particle_table.write(new.index, new.samples, new.momentum, undo=undo)
 
     def _matching_rows(self, global_index: Tensor) -> tuple[Tensor, int]:
         """This rank's share of the ``m'`` particles the transport map matches this iteration.
@@ -458,9 +546,12 @@ class WorstCaseGenerator(CheckpointedModule, pl.LightningModule):
     max_update_ratio: float | None = 1e3
     """One step may move the model's or the map's parameters at most this many times their norm."""
 
-    def _guarded_step(self) -> Any:
+    def _guarded_step(self, iterations: int = 1) -> Any:
+        """One guard over the step's ``iterations`` (one snapshot, one host read at its end)."""
         guard = UpdateGuard.of(self, self.max_update_ratio)
-        return guard.step(f"{type(self).__name__} iteration {self.iteration + 1}", owner=self, counters=("iteration",))
+        first = self.iteration + 1
+        where = f"iteration {first}" if iterations == 1 else f"iterations {first}-{first + iterations - 1}"
+        return guard.step(f"{type(self).__name__} {where}", owner=self, counters=("iteration",))
 
     def _first_forward(self, v: Tensor) -> Tensor:
         """The model's first forward pass, with a clear error if it cannot take the data's samples."""

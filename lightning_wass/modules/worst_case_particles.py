@@ -118,11 +118,23 @@ class ParticleTable(nn.Module):
         assert self.samples is not None and self.momentum is not None
         return self.samples[index], self.momentum[index]
 
-    def write(self, index: Tensor, samples: Tensor, momentum: Tensor) -> None:
-        """Overwrite the particles and momentum buffers of ``index`` (O(len(index)), in place)."""
+    def write(self, index: Tensor, samples: Tensor, momentum: Tensor, *, undo: list[tuple[Tensor, Tensor, Tensor]] | None = None) -> None:
+        """Overwrite the particles and momentum buffers of ``index`` (O(len(index)), in place).
+
+        With ``undo`` (a list), the rows' previous values are appended to it first, so that
+        :meth:`rollback` can put them back (a step of several iterations that fails).
+        """
         assert self.samples is not None and self.momentum is not None
+        if undo is not None:
+            undo.append((index, *self.read(index)))
         self.samples.index_copy_(0, index, samples.to(self.samples.dtype))
         self.momentum.index_copy_(0, index, momentum.to(self.momentum.dtype))
+
+    def rollback(self, undo: list[tuple[Tensor, Tensor, Tensor]]) -> None:
+        """Undo the writes recorded in ``undo`` (latest first), then empty it."""
+        while undo:
+            index, samples, momentum = undo.pop()
+            self.write(index, samples, momentum)
 
     def export(self) -> WorstCaseParticles:
         """The particles with their targets and origins (copies of the filled rows)."""
