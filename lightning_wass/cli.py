@@ -230,12 +230,15 @@ def _root_cause(error: BaseException) -> BaseException:
         error = inner
 
 
-def _class_name_for(config: Any, key: str) -> str | None:
-    node = _get(config, key.split(".")[0] if key.split(".")[0] != "trainer" else "trainer")
-    path = _get(node, "class_path") if node is not None else None
-    if key.startswith("trainer"):
-        return "Trainer"
-    return str(path).rpartition(".")[2] if path else None
+def _raising_class(error: BaseException) -> str | None:
+    """The class whose ``__init__`` raised ``error`` (the outermost constructor frame of its traceback)."""
+    import traceback
+
+    for frame, _ in traceback.walk_tb(error.__traceback__):
+        owner = frame.f_locals.get("self")
+        if frame.f_code.co_name == "__init__" and owner is not None and not type(owner).__module__.startswith("jsonargparse"):
+            return type(owner).__name__
+    return None
 
 
 @functools.cache
@@ -264,7 +267,7 @@ def _wass_cli_class() -> type[LightningCLI]:
                 if "Does not validate against any of the Union subtypes" in str(cause):
                     raise  # not a constructor's own error
                 where = f"--{key}" if key else "the configuration"
-                cls = _class_name_for(config, key) if key else None
+                cls = _raising_class(cause)
                 message = f"{where}{f' ({cls})' if cls else ''}: {type(cause).__name__}: {str(cause).strip()}"
                 raise ConfigError(message, key=key) from cause
             except Exception as error:  # Lightning's MisconfigurationException and friends

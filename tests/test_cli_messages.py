@@ -95,12 +95,13 @@ def test_unknown_name_in_a_config_file_is_caught_too(tmp_path: Path, capsys: pyt
         ("--model.latent_dim=-1", "--model.latent_dim", "VAE"),
         ("--data.batch_size=0", "--data.batch_size", "DigitsDataModule"),
         ("--trainer.max_epochs=-3", "--trainer", None),
+        ("--trainer.callbacks+=WassersteinMonitor --trainer.callbacks.every_n_steps=-1", "--trainer.callbacks", "WassersteinMonitor"),
     ],
 )
 def test_constructor_error_is_one_line_naming_the_config_key(
     flag: str, key: str, cls: str | None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["fit", "--model=VAE", "--data=DigitsDataModule", f"--trainer.default_root_dir={tmp_path}", flag]
+    argv = ["fit", "--model=VAE", "--data=DigitsDataModule", f"--trainer.default_root_dir={tmp_path}", *flag.split()]
     assert main(argv) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lightning-wass")]
     assert len(err) == 1 and "Traceback" not in err[0]
