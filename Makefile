@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 OUT ?= runs/demo
 
-.PHONY: demo test install docs docs-screenshots package-check clean
+.PHONY: demo test install docs docs-screenshots package-check gpu-check clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ docs-screenshots: docs
 	    --disable-component-update --disable-sync --user-data-dir="$$(mktemp -d)" --hide-scrollbars \
 	    --window-size=1280,1500 --screenshot="site-screenshots/$$(echo $$page | tr / _).png" "file://$(CURDIR)/site/$$page.html"; \
 	done
+
+# The GPU checks (SAM / OT-MDR step vs the per-parameter reference, fp16 + scaler, bf16, a 1-GPU fit of
+# each module), one table; without CUDA it says so and exits 0.
+gpu-check: $(VENV)/.installed
+	$(BIN)/python benchmarks/gpu_check.py --quick
 
 # sdist + wheel, twine check, py.typed in the wheel, the wheel in a fresh venv (see the script)
 package-check: $(VENV)/.docs-installed
