@@ -183,11 +183,11 @@ def check_betas(name: str, value: Any) -> tuple[float, float]:
     """Return Adam's ``(beta1, beta2)`` as floats, each in ``[0, 1)``."""
     if isinstance(value, (str, bytes, torch.Tensor)) or not isinstance(value, Sequence) or len(value) != 2:
         raise ValueError(f"{name} must be a pair (beta1, beta2) of numbers in [0, 1), got {value!r}")
-    for beta in value:
+    for i, beta in enumerate(value):
         if isinstance(beta, bool) or not isinstance(beta, (int, float)):
             raise TypeError(f"{name} must be a pair of numbers in [0, 1), got {value!r} (a {type(beta).__name__})")
         if not (math.isfinite(beta) and 0 <= beta < 1):
-            raise ValueError(f"{name} must lie in [0, 1), got {value!r}")
+            raise ValueError(f"{name}[{i}] must lie in [0, 1), got {beta!r} in {name}={tuple(value)!r}")
     return (float(value[0]), float(value[1]))
 
 

@@ -11,7 +11,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from lightning_wass._validation import check_positive
+from lightning_wass._validation import check_betas, check_positive
 
 #: the keys a SAM-family param group must carry in a state dict (``rho_fractions`` is filled in for
 #: state dicts saved before ``rho`` became one number per group)
@@ -68,11 +68,7 @@ def check_base_kwargs(kwargs: dict[str, Any]) -> None:
     if "weight_decay" in kwargs:
         check_positive("weight_decay", kwargs["weight_decay"], allow_zero=True)
     if "betas" in kwargs:
-        betas = kwargs["betas"]
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise ValueError(f"betas must be a pair of numbers in [0, 1), got {betas!r}")
-        for i, beta in enumerate(betas):
-            _check_unit_interval(f"betas[{i}]", beta)
+        check_betas("betas", kwargs["betas"])
     if "eps" in kwargs:
         check_positive("eps", kwargs["eps"], allow_zero=True)
 
