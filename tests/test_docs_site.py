@@ -96,6 +96,15 @@ def test_site_hooks_render_math_as_mathml_and_roles_as_code() -> None:
     assert "<code>torch.nn.functional.mse_loss</code>" in out and ":func:" not in out
 
 
+def test_site_hooks_keep_array_column_alignment_in_browsers() -> None:
+    pytest.importorskip("latex2mathml")
+    hooks = _load(ROOT / "docs" / "_hooks" / "site_hooks.py")
+    html = '<div class="arithmatex">\\[\\begin{array}{ll} a = b &amp; \\text{pass 0} \\\\ \\quad c &amp; {} \\end{array}\\]</div>'
+    out = hooks.on_page_content(html, page=None, config=None, files=None)
+    assert out.count("<mtr>") == 2 and "<mi>&amp;</mi>" not in out and "<mi>&</mi>" not in out
+    assert out.count('style="text-align: left"') == 4
+
+
 def test_api_module_blocks_follow_the_files_on_disk() -> None:
     hooks = _load(ROOT / "docs" / "_hooks" / "site_hooks.py")
     expanded = hooks._expand_api_modules("<!-- api-modules: lightning_wass.functional -->")

@@ -135,10 +135,16 @@ def on_files(files: Any, config: Any) -> Any:
     return files
 
 
+_MTD_ALIGN = re.compile(r'<mtd columnalign="(left|right|center)"')
+
+
 def _mathml(tex: str, display: str) -> str:
     import latex2mathml.converter
 
-    return latex2mathml.converter.convert(html.unescape(tex).strip(), display=display)
+    mathml = latex2mathml.converter.convert(html.unescape(tex).strip(), display=display)
+    # latex2mathml aligns array / cases columns with ``columnalign``, which MathML Core browsers
+    # (Chromium) ignore, centring every cell; the equivalent CSS keeps the columns as written.
+    return _MTD_ALIGN.sub(r'<mtd columnalign="\1" style="text-align: \1"', mathml)
 
 
 def on_page_content(content: str, page: Any, config: Any, files: Any) -> str:
