@@ -36,13 +36,19 @@ thread, which approximates an idle machine's wall time and resists other process
 wall time beside it, and the median over rounds of the paired ratio ``bare / ours`` (1 = as fast
 as the bare loop; the target is >= 0.9).
 
+``--decompose`` also times ours with ``LightningModule.log`` and then also the divergence guard
+replaced by no-ops (a diagnosis of where the time goes, not a setting), and a last line times the
+floor every Lightning module pays (a one-parameter module, one SGD step a batch).
+
 Run:  .venv/bin/python benchmarks/generative_vs_bare.py [--quick] [--threads 1] [--adversarial] [--device cpu]
+      [--only W1W2] [--decompose]
 Writes benchmarks/results/generative_vs_bare.json (git-ignored).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import math
@@ -60,6 +66,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
 from lightning_wass import TensorDataModule, W1W2ProximalFlow, W2GradientFlow, WGAN
+from lightning_wass.guard import UpdateGuard
 
 RESULTS = Path(__file__).resolve().parent / "results" / "generative_vs_bare.json"
 BATCH = 256
@@ -124,6 +131,57 @@ def time_ours(module: pl.LightningModule, counter: Callable[[Any], int], x: Tens
     trainer.fit(module, data)
     assert clock.start is not None and clock.end is not None, "the run ended before the clock stopped"
     return elapsed(clock.start, clock.end, steps)
+
+
+class Floor(pl.LightningModule):
+    """The least a manual-optimization Lightning module does: per batch one backward and one SGD step
+    on one parameter; ``generator_step`` counts groups of ``batches_per_step`` batches. Its step time
+    is Lightning's loop plus our DataLoader, the fixed cost separating any Lightning module from a
+    hand-written loop (WGAN and the proximal flow take 5 batches a step, W2-FE 1)."""
+
+    def __init__(self, batches_per_step: int) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.batches_per_step, self.batches, self.generator_step = batches_per_step, 0, 0
+        self.weight = nn.Parameter(torch.zeros(1))
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        self.manual_backward(self.weight * batch["x"][0, 0])
+        optimizer.step()
+        self.batches += 1
+        self.generator_step = self.batches // self.batches_per_step
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+class _NoCheck:
+    """A StepCheck that records nothing (``--decompose`` only)."""
+
+    def finite(self, *args: Any, **kwargs: Any) -> None: ...
+    def bounded(self, *args: Any, **kwargs: Any) -> None: ...
+    def update(self, *args: Any, **kwargs: Any) -> None: ...
+    def verify(self) -> None: ...
+
+
+@contextlib.contextmanager
+def switched_off(log: bool, guard: bool) -> Any:
+    """``--decompose``: run ours with ``LightningModule.log`` and/or the divergence guard replaced by
+    no-ops, to see what each costs (a diagnosis, not a configuration anyone should train with)."""
+    saved_log, saved_step = pl.LightningModule.log, UpdateGuard.step
+    if log:
+        pl.LightningModule.log = lambda self, *args, **kwargs: None  # type: ignore[method-assign]
+    if guard:
+        @contextlib.contextmanager
+        def step(self: Any, *args: Any, **kwargs: Any) -> Any:
+            yield _NoCheck()
+        UpdateGuard.step = step  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        pl.LightningModule.log, UpdateGuard.step = saved_log, saved_step  # type: ignore[method-assign]
 
 
 # ---------------------------------------------------------------------------------- bare: data
@@ -319,6 +377,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 5, quick 2)")
     parser.add_argument("--adversarial", action="store_true", help="also time W2-FE with the adversarial estimator")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--only", default="", help="run only the cases whose name starts with this (e.g. W1W2)")
+    parser.add_argument("--decompose", action="store_true", help="also time ours without self.log, and without self.log and the guard")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -334,14 +394,18 @@ def main() -> None:
           f"{device}, {steps} timed steps after {warmup}, {rounds} rounds; ratio = bare / ours (target >= 0.9)")
     print(f"{'case':<92} {'ours ms':>8} {'bare ms':>8} {'ratio':>6} | {'wall ours':>9} {'wall bare':>9} {'ratio':>6}")
     rows = []
-    for case in cases(args.adversarial):
-        ours, bare = [], []
+    for case in [c for c in cases(args.adversarial) if c["name"].startswith(args.only)]:
+        ours, bare, parts = [], [], {"no_log": [], "no_log_no_guard": []}
         for r in range(rounds):
             pl.seed_everything(r, verbose=False)
             template = case["build"]()
             bare_step = case["bare"](template, x, device)
             ours.append(time_ours(copy.deepcopy(template), case["counter"], x, warmup, steps, device))
             bare.append(time_loop(bare_step, warmup, steps, device))
+            if args.decompose:
+                for name, guard in (("no_log", False), ("no_log_no_guard", True)):
+                    with switched_off(log=True, guard=guard):
+                        parts[name].append(time_ours(copy.deepcopy(template), case["counter"], x, warmup, steps, device))
         row = {
             "case": case["name"],
             "ours_ms_cpu": statistics.median(o[1] for o in ours), "bare_ms_cpu": statistics.median(b[1] for b in bare),
@@ -350,14 +414,27 @@ def main() -> None:
             "ratio_wall": statistics.median(b[0] / o[0] for o, b in zip(ours, bare)),
             "ours_all": ours, "bare_all": bare,
         }
+        if args.decompose:
+            row.update({f"ours_{k}_ms_cpu": statistics.median(v[1] for v in vs) for k, vs in parts.items()})
+            row["decompose_all"] = parts
         rows.append(row)
         print(
             f"{case['name']:<92} {row['ours_ms_cpu']:>8.2f} {row['bare_ms_cpu']:>8.2f} {row['ratio_cpu']:>6.3f} | "
             f"{row['ours_ms_wall']:>9.2f} {row['bare_ms_wall']:>9.2f} {row['ratio_wall']:>6.3f}",
             flush=True,
         )
+        if args.decompose:
+            print(f"    ours without self.log: {row['ours_no_log_ms_cpu']:.2f} ms; without self.log and the guard: "
+                  f"{row['ours_no_log_no_guard_ms_cpu']:.2f} ms (CPU)", flush=True)
+    floors = {}
+    for k in (5, 1):
+        runs = [time_ours(Floor(k), lambda m: m.generator_step, x, warmup, steps, device) for _ in range(rounds)]
+        floors[k] = {"ms_cpu": statistics.median(r[1] for r in runs), "ms_wall": statistics.median(r[0] for r in runs)}
+        print(f"Lightning floor per step of {k} batch(es) (a one-parameter module): {floors[k]['ms_cpu']:.2f} ms CPU, {floors[k]['ms_wall']:.2f} ms wall")
+    meta["lightning_floor"] = floors
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    out = RESULTS if not args.quick else RESULTS.with_name("generative_vs_bare_quick.json")
+    suffix = ("_quick" if args.quick else "") + (f"_{args.only}" if args.only else "") + ("_decompose" if args.decompose else "")
+    out = RESULTS.with_name(f"generative_vs_bare{suffix}.json")
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     print(f"wrote {out}")
 
