@@ -187,7 +187,7 @@ def check_betas(name: str, value: Any) -> tuple[float, float]:
         if isinstance(beta, bool) or not isinstance(beta, (int, float)):
             raise TypeError(f"{name} must be a pair of numbers in [0, 1), got {value!r} (a {type(beta).__name__})")
         if not (math.isfinite(beta) and 0 <= beta < 1):
-            raise ValueError(f"{name}[{i}] must lie in [0, 1), got {beta!r} in {name}={tuple(value)!r}")
+            raise ValueError(f"{name} must lie in [0, 1) entry by entry, got {tuple(value)!r}: {name}[{i}] must lie in [0, 1), got {beta!r}")
     return (float(value[0]), float(value[1]))
 
 

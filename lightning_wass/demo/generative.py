@@ -27,7 +27,7 @@ from lightning_wass.callbacks.sample_figure import SampleFigure
 from lightning_wass.callbacks.wasserstein_monitor import WassersteinMonitor
 from lightning_wass.datamodules import ToyDataModule
 from lightning_wass.demo.context import DemoContext, DemoSection
-from lightning_wass.modules.generative import draw_samples
+from lightning_wass.callbacks.evaluation import draw_samples
 from lightning_wass.modules.w2_gradient_flow import W2GradientFlow
 from lightning_wass.modules.wgan import WGAN
 from lightning_wass.nn.gan_nets import MLPCritic, MLPGenerator

@@ -27,8 +27,7 @@ generated and held-out samples. The proximal flow, which pushes a reference dist
 an ODE instead, subclasses :class:`GenerativeModule` directly.
 
 How the callbacks evaluate any of these modules (``sample(n)``, ``generator_step``, held-out
-data, the sample floor) is in :mod:`lightning_wass.callbacks.evaluation`; its helpers are
-re-exported here for code written against the former layout.
+data, the sample floor) is in :mod:`lightning_wass.callbacks.evaluation` (their one home).
 """
 
 from __future__ import annotations
@@ -42,16 +41,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
-from lightning_wass.callbacks.evaluation import (
-    GenerativeModel,
-    draw_samples,
-    exact_distances,
-    floor_data,
-    floor_samples,
-    heldout_data,
-    isolated_rng,
-    step_count,
-)
+from lightning_wass.callbacks.evaluation import draw_samples, exact_distances
 from lightning_wass.checkpoints import CheckpointedModule
 from lightning_wass._validation import check_data_batch, check_int, raise_if_diverged
 from lightning_wass.datamodules.batch import unpack_batch
@@ -61,19 +51,11 @@ from lightning_wass.seeding import seeded_generator
 
 __all__ = [
     "COUNTERS_KEY",
-    "GenerativeModel",
     "GenerativeModule",
     "LEGACY_COUNTER_NAMES",
     "LatentGenerativeModule",
     "default_latent_dim",
-    "draw_samples",
-    "exact_distances",
-    "floor_data",
-    "floor_samples",
-    "heldout_data",
     "infer_latent_dim",
-    "isolated_rng",
-    "step_count",
 ]
 
 COUNTERS_KEY = "lightning_wass_counters"
