@@ -163,9 +163,9 @@ def check_shape(name: str, value: Any, *, allow_empty: bool = False) -> tuple[in
         except TypeError:
             raise TypeError(f"{name} must hold ints, got {list(value)!r} (entry {i} is {type(entry).__name__})") from None
     if not entries and not allow_empty:
-        raise ValueError(f"{name} must have at least one entry, got {list(value)!r}")
+        raise ValueError(f"{name} must be a non-empty sequence of positive ints, got {list(value)!r}")
     if any(e < 1 for e in entries):
-        raise ValueError(f"{name} entries must be >= 1, got {entries!r}")
+        raise ValueError(f"{name} must hold positive ints (every entry >= 1), got {entries!r}")
     return tuple(entries)
 
 

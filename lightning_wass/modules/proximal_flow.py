@@ -86,7 +86,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lightning_wass._validation import check_betas, check_choice, check_int, check_positive, raise_if_diverged
+from lightning_wass._validation import check_betas, check_choice, check_int, check_module, check_positive, check_shape, raise_if_diverged
 from lightning_wass.datamodules.batch import unpack_batch
 from lightning_wass.guard import StepCheck
 from lightning_wass.modules.generative import GenerativeModule
@@ -129,15 +129,6 @@ def default_discriminator(data_shape: Sequence[int]) -> nn.Module:
     if len(shape) == 3:
         return ConvDiscriminator(shape)
     return MLPDiscriminator(int(np.prod(shape)))
-
-
-def check_data_shape(data_shape: Any) -> tuple[int, ...]:
-    """Return ``data_shape`` as a tuple of positive ints, or raise ``ValueError`` naming it."""
-    if isinstance(data_shape, (str, bytes)) or not isinstance(data_shape, Sequence) or len(data_shape) == 0:
-        raise ValueError(f"data_shape must be a non-empty sequence of positive ints, e.g. (2,) or (1, 28, 28); got {data_shape!r}")
-    if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in data_shape):
-        raise ValueError(f"data_shape must hold positive ints, got {data_shape!r}")
-    return tuple(int(s) for s in data_shape)
 
 
 @contextlib.contextmanager
@@ -214,7 +205,7 @@ class W1W2ProximalFlow(GenerativeModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.data_shape = check_data_shape(data_shape)
+        self.data_shape = check_shape("data_shape", data_shape)
         self.T = check_positive("T", T)
         self.num_steps = check_int("num_steps", num_steps, minimum=1)
         self.alpha = check_positive("alpha", alpha, allow_zero=True)
@@ -237,9 +228,8 @@ class W1W2ProximalFlow(GenerativeModule):
         self.center_hj = bool(center_hj)
         self.indicator_samples = None if indicator_samples is None else check_int("indicator_samples", indicator_samples, minimum=1)
         self.init_generative(seed=seed, seed_minimum=None)  # counters critic_step, generator_step = 0
-        for name, module in (("potential", potential), ("discriminator", discriminator)):
-            if module is not None and not isinstance(module, nn.Module):
-                raise TypeError(f"{name} must be a torch.nn.Module or None, got {type(module).__name__}")
+        check_module("potential", potential, optional=True)
+        check_module("discriminator", discriminator, optional=True)
         self.save_hyperparameters(ignore=["potential", "discriminator"])
         self.potential = potential if potential is not None else default_potential(self.data_shape)
         self.discriminator = discriminator if discriminator is not None else default_discriminator(self.data_shape)

@@ -32,7 +32,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 
 from lightning_wass.checkpoints import CheckpointedModule
-from lightning_wass._validation import check_choice, check_data_batch, check_int, check_positive, raise_if_diverged
+from lightning_wass._validation import check_choice, check_data_batch, check_int, check_positive, check_shape, raise_if_diverged
 from lightning_wass.datamodules.batch import unpack_batch
 from lightning_wass.guard import guarded_optimizer_step
 from lightning_wass.nn.vae_nets import ARCHITECTURES, build_vae_nets, resolve_architecture
@@ -80,9 +80,7 @@ class VAE(CheckpointedModule, pl.LightningModule):
         likelihood: str = "gaussian",
     ) -> None:
         super().__init__()
-        if isinstance(data_shape, (str, bytes)) or not isinstance(data_shape, Sequence) or len(data_shape) == 0:
-            raise ValueError(f"data_shape must be a non-empty sequence of positive ints, got {data_shape!r}")
-        self.data_shape: tuple[int, ...] = tuple(check_int("data_shape entry", d, minimum=1) for d in data_shape)
+        self.data_shape: tuple[int, ...] = check_shape("data_shape", data_shape)
         self.latent_dim = check_int("latent_dim", latent_dim, minimum=1)
         check_choice("architecture", architecture, ARCHITECTURES)
         self.architecture = resolve_architecture(self.data_shape, architecture)

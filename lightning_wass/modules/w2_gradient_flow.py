@@ -52,7 +52,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_wass._validation import check_betas, check_choice, check_int, check_positive, check_shape
+from lightning_wass._validation import check_betas, check_choice, check_int, check_module, check_positive, check_shape
 from lightning_wass.datamodules.batch import unpack_batch
 from lightning_wass.functional.w2_gradient_flow import (
     adversarial_map,
@@ -151,8 +151,7 @@ class W2GradientFlow(LatentGenerativeModule):
         self.potential_lr = check_positive("potential_lr", potential_lr)
         self.dual_penalty = check_positive("dual_penalty", dual_penalty)
         for name, value in (("generator", generator), ("potential", potential), ("potential_correction", potential_correction)):
-            if value is not None and not isinstance(value, nn.Module):
-                raise TypeError(f"{name} must be a torch.nn.Module or None, got {type(value).__name__}")
+            check_module(name, value, optional=True)
         self.save_hyperparameters(ignore=["generator", "potential", "potential_correction"])
         self.automatic_optimization = False
         self.init_latent(seed=seed, eval_samples=eval_samples)

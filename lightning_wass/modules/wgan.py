@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrize import is_parametrized
 
-from lightning_wass._validation import check_betas, check_choice, check_int, check_positive, check_shape
+from lightning_wass._validation import check_betas, check_choice, check_int, check_module, check_positive, check_shape
 from lightning_wass.datamodules.batch import unpack_batch
 from lightning_wass.functional.wgan import clip_weights, critic_gap, generator_loss, gradient_penalty
 from lightning_wass.modules.generative import LatentGenerativeModule, default_latent_dim, infer_latent_dim
@@ -102,10 +102,8 @@ class WGAN(LatentGenerativeModule):
         self.betas = check_betas("betas", betas) if betas is not None else defaults["betas"]
         self.clip_value = check_positive("clip_value", clip_value)
         self.gp_weight = check_positive("gp_weight", gp_weight, allow_zero=True)
-        if generator is not None and not isinstance(generator, nn.Module):
-            raise TypeError(f"generator must be a torch.nn.Module or None, got {type(generator).__name__}")
-        if critic is not None and not isinstance(critic, nn.Module):
-            raise TypeError(f"critic must be a torch.nn.Module or None, got {type(critic).__name__}")
+        check_module("generator", generator, optional=True)
+        check_module("critic", critic, optional=True)
         self.save_hyperparameters(ignore=["generator", "critic"])
         self.automatic_optimization = False
         self.init_latent(seed=seed, eval_samples=eval_samples)
