@@ -26,11 +26,8 @@ Writes benchmarks/results/ot_batch_sizes.json (git-ignored).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -40,6 +37,8 @@ import lightning.pytorch as pl
 import ot
 import torch
 from torch import Tensor
+
+from report import write_report
 
 from lightning_wass import TensorDataModule, W2GradientFlow
 from lightning_wass.functional.w2_gradient_flow import forward_euler_targets
@@ -228,18 +227,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             utilities.append(u)
             print(f"{dim:3d} {batch:5d} {u['plan_s']:10.4f} {u['pot_plan_s']:9.4f} {u['plan_over_pot']:8.3f} {u['map_s']:8.4f} "
                   f"{u['exact_w2_s']:10.4f} {u['sinkhorn_w2_s']:13.4f} {str(u['outputs_on_input_device_and_dtype']):>17s}", flush=True)
-    load_end = os.getloadavg()
-    print(f"load average (1 min) at start {load_start[0]:.1f}, at end {load_end[0]:.1f}; torch threads {torch.get_num_threads()}")
-    report = {
-        "flows": flows, "utilities": utilities, "device": str(device), "sizes": sizes, "steps": steps,
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "versions": {"torch": torch.__version__, "pot": ot.__version__, "python": platform.python_version()},
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "load_start": load_start, "load_end": load_end},
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.out}")
-    return report
+    return write_report(args.out, load_start, flows=flows, utilities=utilities, device=str(device), sizes=sizes, steps=steps)
 
 
 if __name__ == "__main__":

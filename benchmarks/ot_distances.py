@@ -25,17 +25,16 @@ Writes benchmarks/results/ot_distances.json (git-ignored).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import ot
 import torch
+
+from report import write_report
 
 from lightning_wass.ot import check_points, check_weights, cost_matrix, default_num_iter_max, ot_plan, wasserstein_distance
 
@@ -215,20 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\nmedian ours/POT over {len(rows)} rows: {statistics.median(ratios):.3f}; max {max(ratios):.3f}")
     min_ratios = [r["ratio_of_min"] for r in rows]
     print(f"ratio of fastest runs: median {statistics.median(min_ratios):.3f}; max {max(min_ratios):.3f}")
-    load_end = os.getloadavg()
-    print(f"load average (1 min) at start {load_start[0]:.1f}, at end {load_end[0]:.1f}; torch threads {torch.get_num_threads()}")
-    report = {
-        "rows": rows,
-        "cost_matrix": cost_rows,
-        "dtype": args.dtype,
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "versions": {"torch": torch.__version__, "pot": ot.__version__, "python": platform.python_version()},
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "load_start": load_start, "load_end": load_end},
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.out}")
-    return report
+    return write_report(args.out, load_start, rows=rows, cost_matrix=cost_rows, dtype=args.dtype)
 
 
 if __name__ == "__main__":

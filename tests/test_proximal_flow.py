@@ -158,19 +158,21 @@ def test_divergence_stops_with_an_error_that_names_the_regulariser(alpha: float,
     assert "W1W2ProximalFlow step" in str(info.value)
 
 
-def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
-    def run(epochs: int, ckpt: str | None = None) -> tuple[W1W2ProximalFlow, pl.Trainer]:
-        pl.seed_everything(0, verbose=False)
-        model, data = small_flow(n_critic=3), gaussian_data(n=256, batch_size=32)
-        trainer = quiet_trainer(max_epochs=epochs, limit_val_batches=0)
-        trainer.fit(model, data, ckpt_path=ckpt)
-        return model, trainer
+def _fit_small_flow(epochs: int, ckpt: str | None = None) -> tuple[W1W2ProximalFlow, pl.Trainer]:
+    """A seeded small flow fitted for ``epochs`` epochs (resumed from ``ckpt`` if given)."""
+    pl.seed_everything(0, verbose=False)
+    model, data = small_flow(n_critic=3), gaussian_data(n=256, batch_size=32)
+    trainer = quiet_trainer(max_epochs=epochs, limit_val_batches=0)
+    trainer.fit(model, data, ckpt_path=ckpt)
+    return model, trainer
 
-    straight, _ = run(4)
-    first, trainer = run(2)
+
+def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
+    straight, _ = _fit_small_flow(4)
+    first, trainer = _fit_small_flow(2)
     path = tmp_path / "half.ckpt"
     trainer.save_checkpoint(path)
-    resumed, trainer = run(4, str(path))
+    resumed, trainer = _fit_small_flow(4, str(path))
     assert resumed.critic_steps == straight.critic_steps and resumed.potential_steps == straight.potential_steps
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
@@ -180,15 +182,8 @@ def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
 def test_resume_from_a_checkpoint_with_the_former_counter_key(tmp_path: Path) -> None:
     # Before the one generative base, the flow saved {"critic_steps", "potential_steps"} under
     # "proximal_flow_counters"; such a checkpoint must still resume to the uninterrupted run.
-    def run(epochs: int, ckpt: str | None = None) -> tuple[W1W2ProximalFlow, pl.Trainer]:
-        pl.seed_everything(0, verbose=False)
-        model, data = small_flow(n_critic=3), gaussian_data(n=256, batch_size=32)
-        trainer = quiet_trainer(max_epochs=epochs, limit_val_batches=0)
-        trainer.fit(model, data, ckpt_path=ckpt)
-        return model, trainer
-
-    straight, _ = run(3)
-    first, trainer = run(1)
+    straight, _ = _fit_small_flow(3)
+    first, trainer = _fit_small_flow(1)
     path = tmp_path / "legacy.ckpt"
     trainer.save_checkpoint(path)
     checkpoint = torch.load(path, weights_only=False)
@@ -196,7 +191,7 @@ def test_resume_from_a_checkpoint_with_the_former_counter_key(tmp_path: Path) ->
     assert counters == {"generator_step": first.generator_step, "critic_step": first.critic_step} and counters["critic_step"] == 6
     checkpoint["proximal_flow_counters"] = {"critic_steps": counters["critic_step"], "potential_steps": counters["generator_step"]}
     torch.save(checkpoint, path)
-    resumed, _ = run(3, str(path))
+    resumed, _ = _fit_small_flow(3, str(path))
     assert (resumed.critic_step, resumed.generator_step) == (straight.critic_step, straight.generator_step) == (18, 6)
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
