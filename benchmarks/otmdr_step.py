@@ -38,7 +38,8 @@ alternately in one process: step time minus the time inside its closures minus t
 base optimizer's step (both timed around the calls), measured two ways: with the real
 forward-backward closures, and with "replay" closures that hand back precomputed gradients (no
 model call, so the pass noise is gone). Our BatchNorm freeze runs inside the passes (a global
-forward pre-hook: one Python call per module call, plus the walk that freezes the layers); its cost
+forward pre-hook that walks the first module called, freezes its layers and leaves once the modules
+reached hold all the optimizer's parameters); its cost
 is measured on its own, as the paired difference of a one-sample forward pass inside and outside
 ``frozen_running_stats()`` (the hook's cost does not depend on the batch), and added to our
 overhead (one frozen pass per SAM step). The last lines time the divergence guard's per-step work
@@ -332,13 +333,14 @@ def wrapper_overheads(model_name: str, batch: int, size: int, rounds: int, steps
 def freeze_cost(model: nn.Module, x1: torch.Tensor, repeats: int) -> float:
     """Seconds one frozen pass adds: median paired difference of a forward inside / outside the freeze."""
     differences = []
+    params = list(model.parameters())
     with torch.no_grad():
         for i in range(repeats + 5):
             start = CLOCK()
             model(x1)
             plain = CLOCK() - start
             start = CLOCK()
-            with frozen_running_stats():
+            with frozen_running_stats(params):  # as the optimizer calls it: its parameters watched
                 model(x1)
             frozen = CLOCK() - start
             if i >= 5:

@@ -83,7 +83,7 @@ class TwoStepAPI:
         )
         if freeze_now and run.frozen is None:  # the next pass is perturbed (True) or final ("final_passes")
             run.frozen = ExitStack()
-            run.frozen.enter_context(frozen_running_stats())
+            run.frozen.enter_context(frozen_running_stats(run.params))
         if zero_grad:
             self.zero_grad()
 

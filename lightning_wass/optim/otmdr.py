@@ -364,7 +364,7 @@ class OTMDR(TwoStepAPI, Optimizer):
                 if all(g is None for g in g0):
                     raise RuntimeError(f"{run.where}: the closure produced no gradients; it must call backward() on the loss it returns")
                 self._check_chunks_honoured(run)
-                with frozen_running_stats() if self.freeze_norm_stats is True else nullcontext():
+                with frozen_running_stats(run.params) if self.freeze_norm_stats is True else nullcontext():
                     for k in range(self.num_particles):
                         run.add_final(self._particle_chain(run, closure, k, g0 if k == 0 else None))
                         if k + 1 < self.num_particles:  # later passes must not overwrite the running sum
@@ -395,7 +395,7 @@ class OTMDR(TwoStepAPI, Optimizer):
                 self._pass(run, closure, self._info(run, k, s + 1, perturbed=True), ascent=True)
                 grads = run.gradients()
         run.kept.keep("history", None)
-        with frozen_running_stats() if self.freeze_norm_stats == "final_passes" else nullcontext():
+        with frozen_running_stats(run.params) if self.freeze_norm_stats == "final_passes" else nullcontext():
             self._pass(run, closure, self._info(run, k, None, perturbed=True), ascent=False)
         return run.gradients()
 
