@@ -41,6 +41,11 @@ class KeptGradients:
             return
         self._pointers[name] = {t.data_ptr() for t in tensors if t is not None and t.numel()}
 
+    @property
+    def active(self) -> bool:
+        """Whether any gradient is kept (else :meth:`check` has nothing to compare)."""
+        return any(self._pointers.values())
+
     def check(self, grads: Grads) -> None:
         pointer_sets = [s for s in self._pointers.values() if s]
         if not pointer_sets:
@@ -96,6 +101,8 @@ class StepRun:
         self.where = where
         self.checks: list[tuple[str, Tensor]] = []
         self.entry: Grads = [p.grad for p in params]
+        self._entry_seen: Grads | None = None
+        self._has_entry = False
         self.kept = KeptGradients()
         self.scaling: ScaledPasses | None = None
         self.final_sum: Grads | None = None
@@ -126,14 +133,18 @@ class StepRun:
 
     @property
     def has_entry_gradients(self) -> bool:
-        return any(g is not None for g in self.entry)
+        entry = self.entry
+        if entry is not self._entry_seen:  # the entry list is replaced, never changed in place
+            self._entry_seen, self._has_entry = entry, any(g is not None for g in entry)
+        return self._has_entry
 
     def gradients(self) -> Grads:
         return [p.grad for p in self.params]
 
     def check(self, what: str, value: Tensor) -> None:
-        """Remember a value that must be finite (checked once, at the end of the step)."""
-        self.checks.append((what, value.detach().float().reshape(()).to(self.device)))
+        """Remember a value that must be finite (checked once, at the end of the step; a one-element
+        tensor of any dtype and device, converted only where the values are stacked for one read)."""
+        self.checks.append((what, value.detach()))
 
     @torch.no_grad()
     def restore_theta(self) -> None:

@@ -461,8 +461,12 @@ class OTMDR(TwoStepAPI, Optimizer):
     def _pass(self, run: StepRun, closure: Callable[[], Any], info: PassInfo, ascent: bool) -> Tensor:
         """Evaluate the closure once: gradients reset to the entry ones, unscaled, checked."""
         self._progress.current_pass = info
-        for p, g in zip(run.params, run.entry):
-            p.grad = None if g is None else g.clone()
+        if run.has_entry_gradients:
+            for p, g in zip(run.params, run.entry):
+                p.grad = None if g is None else g.clone()
+        else:
+            for p in run.params:
+                p.grad = None
         run.pass_count += 1
         classify = info.index == 0 and run.has_entry_gradients
         if classify:  # weak references: a strong one would make autograd accumulate out of place
@@ -478,7 +482,8 @@ class OTMDR(TwoStepAPI, Optimizer):
             run.scaling.unscale_pass()
         loss = self._as_loss(value)
         run.check(f"the loss of {self._describe(info)}", loss)
-        run.kept.check(run.gradients())
+        if run.kept.active:
+            run.kept.check(run.gradients())
         return loss
 
     def _classify_entry(self, run: StepRun, zero_grad_called: bool, handed: list[Any]) -> None:
@@ -601,8 +606,9 @@ class OTMDR(TwoStepAPI, Optimizer):
         present = [g for g in final if g is not None]
         if self.num_particles > 1 and self.particle_reduction == "mean" and present:
             torch._foreach_mul_(present, 1.0 / self.num_particles)
-        for p, g in zip(run.params, final):
-            p.grad = g
+        if self.num_particles > 1 or run.two_step:  # one particle's step(): .grad already holds its final gradient
+            for p, g in zip(run.params, final):
+                p.grad = g
         snapshot = self._progress.state_snapshot
         snapshot.save(self.base_optimizer, run.params)
         self.base_optimizer.step()
@@ -649,8 +655,8 @@ class OTMDR(TwoStepAPI, Optimizer):
             found_inf = run.scaling.found_inf.to(device=run.device, dtype=torch.float32)
             run.scaling.finish()
         if run.loss is not None:
-            loss = run.loss.detach().float().reshape(()).to(run.device)
-        read = torch.stack(values + [params_norm, found_inf, loss, ratio]).tolist()
+            loss = run.loss.detach()
+        read = _read_back(values + [params_norm, found_inf, loss, ratio], run.device)
         checks, (params_norm_value, found_inf_value, loss_value, ratio_value) = read[: len(values)], read[len(values):]
         return (
             not all(math.isfinite(v) for v in checks),
@@ -741,6 +747,14 @@ class OTMDR(TwoStepAPI, Optimizer):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return torch.tensor(float(value))
         raise TypeError(f"closure must return the loss as a scalar tensor or number, got {type(value).__name__}")
+
+
+def _read_back(values: list[Tensor], device: torch.device) -> list[float]:
+    """The values of one-element tensors as floats: one ``stack`` and one ``tolist`` (a single host
+    synchronisation) on an accelerator, a ``float`` each on the CPU (no stack to build there)."""
+    if _reads_back_for_free(device) and all(v.device.type == "cpu" for v in values):
+        return [float(v) for v in values]
+    return torch.stack([v.float().reshape(()).to(device) for v in values]).tolist()
 
 
 def _reads_back_for_free(device: torch.device) -> bool:

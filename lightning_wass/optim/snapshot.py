@@ -66,21 +66,26 @@ def copy_into(buffers: list[Tensor] | None, tensors: Sequence[Tensor], layout: l
 
 
 class StateSnapshot:
-    """The base optimizer's per-parameter state, saved before its step and restorable after it."""
+    """The base optimizer's per-parameter state, saved before its step and restorable after it.
+
+    Saving walks ``optimizer.state.items()`` (hashing a tensor key is a Python call, so looking each
+    parameter up costs more than the copy); the copy reuses its buffers without re-reading their
+    layout while the state holds the same tensor objects as at the last save (torch's optimizers
+    update their state in place, so that is every step after the first)."""
 
     def __init__(self) -> None:
         self._buffers: list[Tensor] | None = None
-        self._layout: list[tuple[Tensor, dict[str, Any] | None]] = []
+        self._sources: list[Tensor] = []
+        self._params: list[Tensor] = []
+        self._saved: list[tuple[Tensor, dict[str, Any]]] = []
 
     def save(self, optimizer: Optimizer, params: Sequence[Tensor]) -> None:
         """Remember ``optimizer.state[p]`` for every ``p`` (tensors copied, other values kept as they are)."""
-        layout: list[tuple[Tensor, dict[str, Any] | None]] = []
+        wanted = {id(p) for p in params}
+        saved: list[tuple[Tensor, dict[str, Any]]] = []
         tensors: list[Tensor] = []
-        states = optimizer.state
-        for p in params:
-            state = states.get(p)
-            if state is None:
-                layout.append((p, None))
+        for p, state in optimizer.state.items():
+            if id(p) not in wanted:
                 continue
             entry: dict[str, Any] = {}
             for key, value in state.items():
@@ -89,17 +94,25 @@ class StateSnapshot:
                     tensors.append(value)
                 else:
                     entry[key] = ("value", value)
-            layout.append((p, entry))
-        self._buffers = copy_into(self._buffers, tensors)
-        self._layout = layout
+            saved.append((p, entry))
+        sources = self._sources
+        if self._buffers and len(sources) == len(tensors) and all(a is b for a, b in zip(sources, tensors)):
+            torch._foreach_copy_(self._buffers, tensors)
+        else:
+            self._buffers = copy_into(self._buffers, tensors)
+            self._sources = tensors
+        self._params = list(params)
+        self._saved = saved
 
     def restore(self, optimizer: Optimizer) -> None:
         """Put the saved state back (state created by the step is removed)."""
         buffers = self._buffers or []
-        for p, entry in self._layout:
-            if entry is None:
-                optimizer.state.pop(p, None)
-                continue
+        kept = set()
+        for p, entry in self._saved:
+            kept.add(id(p))
             optimizer.state[p] = {
                 key: (value[1] if isinstance(value, tuple) else buffers[value].clone()) for key, value in entry.items()
             }
+        for p in self._params:
+            if id(p) not in kept:
+                optimizer.state.pop(p, None)
