@@ -15,7 +15,11 @@ It gives every one of them, written once:
 - **seeded random streams**: :meth:`GenerativeModule.random_stream` is
   ``seeded_generator(device, seed, rank, *parts)`` (:mod:`lightning_wass.seeding`), so replicas under
   DDP draw different numbers and a resumed run draws what the uninterrupted one would have;
-- **the DDP zero-gradient trick** :meth:`GenerativeModule.zero_touch`;
+- **the DDP zero-gradient trick** :meth:`GenerativeModule.zero_touch` (added to a loss by
+  :meth:`~GenerativeModule.touch_unused` only when the Trainer's strategy reduces gradients across
+  processes: a single-device run skips it, the update is the same);
+- **training figures logged on Lightning's log steps** (:meth:`GenerativeModule.log_train_metrics`,
+  see "What is logged when" below);
 - **divergence reporting through the guard** (:mod:`lightning_wass.guard`):
   :meth:`GenerativeModule.guarded_step`, :meth:`~GenerativeModule.check_finite`,
   :meth:`~GenerativeModule.check_batch`, :meth:`~GenerativeModule.check_samples`.
@@ -26,6 +30,26 @@ It gives every one of them, written once:
 generated and held-out samples. The proximal flow, which pushes a reference distribution through
 an ODE instead, subclasses :class:`GenerativeModule` directly.
 
+What is logged when. Every ``train/*`` figure of these modules goes through
+:meth:`GenerativeModule.log_train_metrics`: its newest value is kept, and handed to
+``LightningModule.log`` (which costs about a millisecond a call on a CPU, more than many of the
+updates it reports) only on the batches where it can be read:
+
+- the batches after which the Trainer writes step logs to its loggers (every ``log_every_n_steps``-th
+  batch, and a batch after which training stops: ``trainer._logger_connector.should_update_logs``),
+  and every batch under ``fast_dev_run``;
+- the last batch of an epoch (epoch-end callbacks, ``ModelCheckpoint`` / ``EarlyStopping`` at epoch
+  end) and the batch that reaches ``max_steps``;
+- a batch that produces a figure not yet in ``trainer.callback_metrics`` (so every figure is there,
+  for callbacks, the progress bar and ``ModelCheckpoint(monitor=...)``, from the batch that first
+  computes it).
+
+On the other batches ``trainer.callback_metrics`` and the progress bar hold the value of the last
+logged batch (at most ``log_every_n_steps - 1`` batches old). The loggers receive exactly the
+values they received when every batch logged (the newest value of every figure at each log step).
+``Trainer(log_every_n_steps=1)`` logs every figure on every batch. Validation figures (``val/*``)
+are logged as before, once per validation.
+
 How the callbacks evaluate any of these modules (``sample(n)``, ``generator_step``, held-out
 data, the sample floor) is in :mod:`lightning_wass.callbacks.evaluation` (their one home).
 """
@@ -34,11 +58,12 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch import Tensor, nn
 
 from lightning_wass.callbacks.evaluation import draw_samples, exact_distances
@@ -156,6 +181,72 @@ class GenerativeModule(CheckpointedModule, pl.LightningModule):
         if not terms:
             return torch.zeros((), device=self.device)
         return torch.stack(terms).sum() * 0.0
+
+    def reduces_gradients(self) -> bool:
+        """Whether the Trainer's strategy wraps the module for a gradient reduction across processes
+        (DDP and the other multi-device strategies; ``True`` without a Trainer): then every backward
+        must reach every parameter, and :meth:`touch_unused` adds :meth:`zero_touch`."""
+        trainer = self._trainer
+        return trainer is None or not isinstance(trainer.strategy, SingleDeviceStrategy)
+
+    def touch_unused(self, loss: Tensor, *modules: nn.Module) -> Tensor:
+        """``loss + zero_touch(*modules)`` when :meth:`reduces_gradients`, else ``loss`` itself.
+
+        The extra term only gives ``modules`` exact zero gradients (which the step discards or on
+        which Adam makes no move), so the update is the same either way; a single-device run skips
+        its ops, a few per parameter in the forward and the backward.
+        """
+        return loss + self.zero_touch(*modules) if self.reduces_gradients() else loss
+
+    # ------------------------------------------------------------------ training figures
+    def on_fit_start(self) -> None:
+        self.__dict__["_pending_train_metrics"] = {}
+
+    def log_train_metrics(
+        self,
+        metrics: Mapping[str, Tensor | float],
+        *,
+        prog_bar: Collection[str] = (),
+        batch_size: int | None = None,
+    ) -> None:
+        """Log this batch's training figures (``name -> scalar``) on the batches where they are read.
+
+        The newest value of every figure is kept; all kept figures go to ``self.log`` (``prog_bar``
+        for the names in ``prog_bar``) when :meth:`is_log_batch` says so, or when one of them is not
+        in ``trainer.callback_metrics`` yet (see the module docstring, "What is logged when").
+        Values should be detached scalars (or numbers).
+        """
+        pending: dict[str, tuple[Tensor | float, bool, int | None]] = self.__dict__.setdefault("_pending_train_metrics", {})
+        for name, value in metrics.items():
+            pending[name] = (value, name in prog_bar, batch_size)
+        if not (self.is_log_batch() or self._has_new_metric(pending)):
+            return
+        for name, (value, bar, size) in pending.items():
+            self.log(name, value, prog_bar=bar, batch_size=size)
+        pending.clear()
+
+    def is_log_batch(self) -> bool:
+        """Whether this training batch's figures are logged whatever they are (:meth:`log_train_metrics`):
+        the Trainer writes step logs after it (every ``log_every_n_steps``-th batch, a stopping batch,
+        ``fast_dev_run``), or it ends an epoch or reaches ``max_steps``. ``True`` without a Trainer."""
+        trainer = self._trainer
+        if trainer is None:
+            return True
+        try:
+            if trainer.fast_dev_run or trainer._logger_connector.should_update_logs:
+                return True
+            if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+                return True
+            return 0 <= trainer.max_steps <= trainer.global_step
+        except (AttributeError, NotImplementedError):  # a Lightning without these internals: log every batch
+            return True
+
+    def _has_new_metric(self, names: Collection[str]) -> bool:
+        trainer = self._trainer
+        known = getattr(getattr(trainer, "_logger_connector", None), "_callback_metrics", None)
+        if not isinstance(known, dict):
+            return True
+        return any(name not in known for name in names)
 
     # ------------------------------------------------------------------ divergence (lightning_wass.guard)
     def where(self) -> str:

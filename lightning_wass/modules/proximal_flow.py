@@ -430,31 +430,33 @@ class W1W2ProximalFlow(GenerativeModule):
         opt_phi.zero_grad(set_to_none=True)
         # The potential is not in this graph: give it exact zero gradients so that DDP's reducer
         # (find_unused_parameters=False, the default) completes; the update is unchanged.
-        self.manual_backward(parts["loss"] + self.zero_touch(self.potential))
+        self.manual_backward(self.touch_unused(parts["loss"], self.potential))
         check.update("discriminator", opt_phi, f"lower lr_discriminator (now {self.lr_discriminator:g}); " + self.divergence_hint())
         opt_phi.step()
         self.critic_step += 1
-        self.log("train/divergence", parts["divergence"].detach(), prog_bar=True, batch_size=n)
-        self.log("train/gradient_penalty", parts["gradient_penalty"].detach(), batch_size=n)
-
-        if self.critic_step % self.n_critic != 0:
-            return
-        # Potential (descent through the unrolled Euler steps).
-        gen_u = self.random_stream(step, STREAM_POTENTIAL)
-        rollout = self.flow(self.sample_reference(n, gen_u), create_graph=True)
-        parts_u = self.potential_loss(rollout)
-        check.finite("the potential loss", parts_u["loss"], self.divergence_hint())
-        opt_u.zero_grad(set_to_none=True)
-        # The loss reaches phi too (x_T goes through it; discarded below) but not the potential's
-        # output bias (only grad_x U enters the flow): zero-touch it for DDP's reducer.
-        self.manual_backward(parts_u["loss"] + self.zero_touch(self.potential))
-        check.update("potential", opt_u, f"lower lr_potential (now {self.lr_potential:g}); " + self.divergence_hint())
-        opt_u.step()
-        opt_phi.zero_grad(set_to_none=True)
-        self.generator_step += 1
-        self.log("train/kinetic_energy", parts_u["kinetic_energy"].detach(), prog_bar=True, batch_size=n)
-        self.log("train/potential_loss", parts_u["loss"].detach(), batch_size=n)
-        self.log("train/potential_steps", float(self.generator_step), batch_size=n)
+        logs: dict[str, Tensor | float] = {
+            "train/divergence": parts["divergence"].detach(),
+            "train/gradient_penalty": parts["gradient_penalty"].detach(),
+        }
+        if self.critic_step % self.n_critic == 0:
+            # Potential (descent through the unrolled Euler steps).
+            gen_u = self.random_stream(step, STREAM_POTENTIAL)
+            rollout = self.flow(self.sample_reference(n, gen_u), create_graph=True)
+            parts_u = self.potential_loss(rollout)
+            check.finite("the potential loss", parts_u["loss"], self.divergence_hint())
+            opt_u.zero_grad(set_to_none=True)
+            # The loss reaches phi too (x_T goes through it; discarded below) but not the potential's
+            # output bias (only grad_x U enters the flow): zero-touch it for DDP's reducer.
+            self.manual_backward(self.touch_unused(parts_u["loss"], self.potential))
+            check.update("potential", opt_u, f"lower lr_potential (now {self.lr_potential:g}); " + self.divergence_hint())
+            opt_u.step()
+            opt_phi.zero_grad(set_to_none=True)
+            self.generator_step += 1
+            logs["train/kinetic_energy"] = parts_u["kinetic_energy"].detach()
+            logs["train/potential_loss"] = parts_u["loss"].detach()
+            logs["train/potential_steps"] = float(self.generator_step)
+        # on Lightning's log steps (see modules.generative, "What is logged when")
+        self.log_train_metrics(logs, prog_bar=("train/divergence", "train/kinetic_energy"), batch_size=n)
 
     def validation_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         # Lightning runs evaluation under torch.inference_mode(); the indicators need grad_x, so turn

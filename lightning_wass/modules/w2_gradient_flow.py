@@ -251,7 +251,7 @@ class W2GradientFlow(LatentGenerativeModule):
             loss = loss_fn()
             self.check_finite(what, loss, hint)
             opt.zero_grad(set_to_none=True)
-            self.manual_backward(loss + self.zero_touch(self.generator))
+            self.manual_backward(self.touch_unused(loss, self.generator))
             opt.step()
 
     def regression_loss(self, output: Tensor, targets: Tensor) -> Tensor:
@@ -282,13 +282,13 @@ class W2GradientFlow(LatentGenerativeModule):
                 self.check_finite("the regression loss", loss, hint)
                 opt_g.zero_grad(set_to_none=True)
                 # Only the generator is in this graph; zero_touch keeps DDP's reducer complete for phi.
-                self.manual_backward(loss + self.zero_touch(*extra) if extra else loss)
+                self.manual_backward(self.touch_unused(loss, *extra) if extra else loss)
                 opt_g.step()
                 self.generator_step += 1
                 first = loss.detach() if first is None else first
                 last = loss.detach()
             self.outer_step += 1
-        self.log_dict(
+        self.log_train_metrics(  # on Lightning's log steps (see modules.generative, "What is logged when")
             {
                 "train/W2_minibatch": w2.detach().float(),
                 "train/regression_loss": first,

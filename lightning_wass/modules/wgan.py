@@ -217,8 +217,8 @@ class WGAN(LatentGenerativeModule):
             loss_c, logs = self.critic_objective(real, fake)
             self.check_finite("the critic loss", loss_c, self.critic_hint())
             opt_c.zero_grad(set_to_none=True)
-            # The generator is not in this graph; zero_touch gives it zero gradients so DDP's reducer completes.
-            self.manual_backward(loss_c + self.zero_touch(self.generator))
+            # The generator is not in this graph; under DDP zero_touch gives it zero gradients so the reducer completes.
+            self.manual_backward(self.touch_unused(loss_c, self.generator))
             check.update("critic", opt_c, self.critic_hint())
             opt_c.step()
             if self.lipschitz == "clip":
@@ -238,10 +238,10 @@ class WGAN(LatentGenerativeModule):
                 opt_g.step()
                 opt_c.zero_grad(set_to_none=True)
                 self.generator_step += 1
-        self.log_dict(logs, prog_bar=False)
         if stepped_generator:
-            self.log("train/generator_loss", loss_g.detach())
-        self.log("train/generator_step", float(self.generator_step))
+            logs["train/generator_loss"] = loss_g.detach()
+        logs["train/generator_step"] = float(self.generator_step)
+        self.log_train_metrics(logs)  # on Lightning's log steps (see modules.generative, "What is logged when")
 
     # ------------------------------------------------------------------ validation extras
     def validation_metrics(self, held_out: Tensor, generated: Tensor) -> dict[str, float]:
