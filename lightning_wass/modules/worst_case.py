@@ -24,14 +24,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.plugins.precision import DoublePrecision, Precision
+from lightning.pytorch.profilers import PassThroughProfiler
+from lightning.pytorch.strategies import SingleDeviceStrategy
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor, nn
 
 from lightning_wass.checkpoints import CheckpointedModule
 from lightning_wass._validation import (
+    DivergenceError,
     check_bool,
     check_fraction,
     check_int,
@@ -59,6 +64,53 @@ from lightning_wass.functional.worst_case import (
 from lightning_wass.seeding import seeded_generator
 
 SUPPORTED_PRECISIONS = ("32-true", "32", "64-true", "64", "bf16-mixed")
+_LIGHTNING_STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
+
+
+class _Iterate(NamedTuple):
+    """One GDA iteration before its updates: its batch, the rows it read (``previous``: their
+    particles and momentum, in one process), the new rows, the model's mean loss and the map's loss."""
+
+    step: GlobalBatch
+    v_old: Tensor
+    new: NewRows
+    model_loss: Tensor
+    matching: Tensor
+    previous: tuple[Tensor, Tensor] | None
+
+
+class _DeferredRun:
+    """A step with deferred checks: the parts run so far, the scalars not yet read back, the state
+    a replay starts from, and whether an error comes from a replay (it names its iteration)."""
+
+    def __init__(self, kept: "_ReplayState") -> None:
+        self.kept = kept
+        self.done: list[Batch] = []
+        self.values: list[list[Any]] = [[], [], [], []]  # finite scalars, largest moves, data norms, rows
+        self.attributed = False
+
+
+class _ReplayState:
+    """What the guard does not put back but a replay of the step needs as it was at the step's
+    start: the random state (dropout) and the integer buffers (BatchNorm's batch counter)."""
+
+    def __init__(self, cpu: Tensor, device: tuple[torch.device, Tensor] | None, buffers: list[tuple[Tensor, Tensor]]) -> None:
+        self.cpu, self.device, self.buffers = cpu, device, buffers
+
+    @classmethod
+    def capture(cls, module: pl.LightningModule) -> "_ReplayState":
+        device = module.device
+        kept = (device, torch.cuda.get_rng_state(device)) if device.type == "cuda" else None
+        buffers = [(b, b.clone()) for b in module.buffers() if not b.is_floating_point()]
+        return cls(torch.get_rng_state(), kept, buffers)
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.cpu)
+        if self.device is not None:
+            torch.cuda.set_rng_state(self.device[1], self.device[0])
+        with torch.no_grad():
+            for buffer, value in self.buffers:
+                buffer.copy_(value)
 
 
 class WorstCaseGenerator(CheckpointedModule, pl.LightningModule):
@@ -325,37 +377,188 @@ class WorstCaseGenerator(CheckpointedModule, pl.LightningModule):
         """``iterations_per_step`` GDA iterations, one per part of the batch (see the class docstring)."""
         parts = self._split_batch(batch)  # the step's GDA batches of m rows each
         optimizers = self._optimizer_list()
+        exchange = RowExchange(self._trainer)
+        direct = self._direct_lightning_path()
         # every iteration writes its rows for the next one to read (undone if the step fails); the
         # guard's end verifies the whole step in one host read
-        with self._undo_on_failure() as undo, self._guarded_step(len(parts)) as check:
-            for part in parts:
-                step = self._draw_batch(part)  # this rank's rows, and the global batch's indices
-                check.finite("the training batch", step.x, "clean the data (NaN or Inf in the inputs)", error=ValueError)
-                for opt in optimizers:
-                    opt.zero_grad(set_to_none=True)
-                v_old, g_old = self._read_particles(step)  # the particles v_i and momentum g_i of the batch
-                v = v_old.detach().clone().requires_grad_(True)
-                losses = self._particle_losses(v, step.y)  # loss(theta, v_i)
-                matching = self._matching_loss(step)  # the transport map's loss over m' particles
-                # one backward: d/dtheta for the model, d/dv for the particles, d/dphi for the map
-                self.manual_backward(self._model_loss(losses, step) + matching)
-                v_new, g_new = self._particle_ascent(v, v_old, g_old, step)
-                new = RowExchange(self._trainer).finish(step, v_new, g_new, losses, matching)  # the global batch's rows
-                self._record_checks(check, new, optimizers)
-                self._step_optimizers(optimizers)  # the model descends (SGD), the transport map steps (Adam)
-                self._write_particles(new, undo)
-                self.iteration += 1
-                if self.gradient_norm_every and self.iteration % self.gradient_norm_every == 0:
-                    check.verify()  # the step so far is sound (one host read) before the norms measure it
-                    self.evaluate_gradient_norms(log=True)
-
+        with self._undo_on_failure() as undo:
+            if exchange.world == 1:
+                last = self._deferred_step(parts, optimizers, undo, exchange, direct)
+            else:
+                with self._guarded_step(len(parts)) as check:
+                    last = self._checked_iterations(parts, optimizers, check, undo, exchange, direct)
         if self._should_log():
-            self._log_step(new, v_old, step)
+            self._log_step(last.new, last.v_old, last.step)
 
     def on_train_epoch_end(self) -> None:
         self.particle_table.update_complete()  # a lazily filled table stops registering rows once full
 
+    # ------------------------------------------------------------------ how a step checks its iterations
+    def _checked_iterations(
+        self, parts: list[Batch], optimizers: list[Any], check: StepCheck, undo: list[Any], exchange: RowExchange,
+        direct: bool, *, attribute: bool = False,
+    ) -> "_Iterate":
+        """The iterations with every check recorded as it is made (read back at the step's end, or
+        before a gradient-norm evaluation). Under DDP every step runs so.
+
+        ``attribute=True`` (the replay of a step whose deferred checks failed, from the step's start):
+        the step is verified before each iteration's updates and after its last one, each iteration
+        under its own name, so the error names the first iteration that failed and the quantity that
+        failed first in it (the cause before its effects: the data, the loss, the particles, the map's
+        loss, then the updates, which the next iteration's verification reads). No gradient norms
+        are evaluated (the first run made them).
+        """
+        step_where, first = check.where, self.iteration + 1
+        last = None
+        try:
+            for part in parts:
+                if attribute and len(parts) > 1:
+                    check.where = (
+                        f"{type(self).__name__} iteration {self.iteration + 1} "
+                        f"(of the step's iterations {first}-{first + len(parts) - 1})"
+                    )
+                last = self._gda_gradients(part, optimizers, exchange, direct)
+                check.finite("the training batch", last.step.x, "clean the data (NaN or Inf in the inputs)", error=ValueError)
+                self._record_checks(check, last.new, optimizers)
+                if attribute:
+                    check.verify()  # this iteration's values and the updates so far (one host read)
+                self._gda_updates(last, optimizers, undo, direct)
+                if not attribute and self._gradient_norms_due():
+                    check.verify()  # the step so far is sound (one host read) before the norms measure it
+                    self.evaluate_gradient_norms(log=True)
+            if attribute:
+                check.verify()  # the last iteration's updates
+        finally:
+            check.where = step_where
+        assert last is not None
+        return last
+
+    def _deferred_step(
+        self, parts: list[Batch], optimizers: list[Any], undo: list[Any], exchange: RowExchange, direct: bool
+    ) -> "_Iterate":
+        """The iterations of one process with their checks deferred to the step's end.
+
+        Each iteration keeps a few scalars (the sum of the particles' new momentum, which is not
+        finite where the data are not, the model's mean loss and the map's matching loss, the
+        particles' largest move and the data's norm): every check of :meth:`_record_checks` that fails makes one of them non-finite or the
+        move more than half its bound. The guard reads them back with its update checks in one host
+        read at the end of the step (or before a gradient-norm evaluation inside it). If any is
+        suspect, the state of the step's start is put back (the guard's restore, the particle rows,
+        the random state, the integer buffers) and the step is replayed with every check in place
+        (:meth:`_checked_iterations` with ``attribute=True``), which raises the error naming the
+        first iteration that failed and the knob to turn, or, when nothing failed (a move between
+        half its bound and its bound, a sum that overflowed), gives the same iterates.
+        """
+        run = _DeferredRun(_ReplayState.capture(self))
+        try:
+            with self._guarded_step(len(parts)) as check:
+                return self._deferred_iterations(parts, optimizers, check, undo, exchange, direct, run)
+        except DivergenceError:
+            if run.attributed:
+                raise
+            # the guard put the networks, optimizers, buffers and counters back to the step's start
+            self.particle_table.rollback(undo)
+            run.kept.restore()
+            with self._guarded_step(len(parts)) as check:
+                return self._checked_iterations(run.done, optimizers, check, undo, exchange, direct, attribute=True)
+
+    def _deferred_iterations(
+        self, parts: list[Batch], optimizers: list[Any], check: StepCheck, undo: list[Any], exchange: RowExchange,
+        direct: bool, run: "_DeferredRun",
+    ) -> "_Iterate":
+        last = None
+        for part in parts:
+            last = self._gda_gradients(part, optimizers, exchange, direct)
+            if not run.done:
+                self._register_updates(check, optimizers)
+            self._deferred_values(last, run.values)
+            self._gda_updates(last, optimizers, undo, direct)
+            run.done.append(part)
+            if self._gradient_norms_due():
+                self._record_deferred(check, run.values)
+                try:
+                    check.verify()  # the step so far is sound (one host read) before the norms measure it
+                except DivergenceError:
+                    # verify put the networks, optimizers, buffers and counters back to the step's start
+                    self.particle_table.rollback(undo)
+                    run.kept.restore()
+                    run.attributed = True
+                    self._checked_iterations(run.done, optimizers, check, undo, exchange, direct, attribute=True)
+                    run.attributed = False  # nothing failed: the replay gave the same iterates
+                self.evaluate_gradient_norms(log=True)
+        self._record_deferred(check, run.values)  # read back by the guard at the end of the step
+        assert last is not None
+        return last
+
+    def _deferred_values(self, it: "_Iterate", values: list[list[Any]]) -> None:
+        """Record the iteration's scalars for :meth:`_record_deferred` (no host read)."""
+        new = it.new
+        finite, moves, norms, rows = values
+        # the batch's data need no sum of their own: g <- mu g + d_v loss - (v - x) / gamma is not
+        # finite where x is not (the rows' v and g are checked ones, or this step's, whose own
+        # iteration's sum covers them)
+        finite += [it.model_loss, new.momentum.sum(), it.matching]
+        if self.max_transport_ratio is None:
+            finite.append(new.samples.sum())
+            return
+        origins = self.particle_table.origins.index_select(0, new.index)  # type: ignore[union-attr]
+        moves.append(torch.linalg.vector_norm((new.samples - origins).flatten(1), dim=1).max())
+        norms.append(torch.linalg.vector_norm(origins))
+        rows.append(origins.shape[0])
+
+    def _record_deferred(self, check: StepCheck, values: list[list[Any]]) -> None:
+        """One flag for the guard, not finite when a deferred scalar is suspect; empties ``values``."""
+        finite, moves, norms, rows = values
+        flags = [torch.stack([v.detach().float().reshape(()) for v in finite])] if finite else []
+        if moves and self.max_transport_ratio is not None:
+            # exact: move / max(rms, 1e-12) <= bound; suspect from half the bound on (rounding cannot
+            # bridge a factor of 2), so no exact failure passes
+            moved, norm = torch.stack(moves), torch.stack(norms)
+            rms = norm / torch.tensor(rows, dtype=norm.dtype, device=norm.device).sqrt()
+            within = moved <= (0.5 * self.max_transport_ratio) * rms.clamp_min(1e-12)
+            flags.append(torch.where(within, 0.0, math.nan))
+        if flags:
+            check.finite("the step's deferred checks", torch.cat(flags), "")
+        for kept in values:
+            kept.clear()
+
+    def _gradient_norms_due(self) -> bool:
+        return bool(self.gradient_norm_every) and self.iteration % self.gradient_norm_every == 0
+
+    def _register_updates(self, check: StepCheck, optimizers: list[Any]) -> None:
+        """Register the step's optimizers with the guard before their first update (copies of the
+        parameters and states; the guard checks the updates when it verifies)."""
+        if self.train_model:
+            check.update("model", optimizers[0], f"lower model_lr (now {self.model_lr:g})")
+        check.update("transport map", optimizers[-1], f"lower transport_lr (now {self.transport_lr:g})")
+
     # ------------------------------------------------------------------ the pieces of an iteration
+    def _gda_gradients(self, part: Batch, optimizers: list[Any], exchange: RowExchange, direct: bool) -> "_Iterate":
+        """One iteration up to its updates: the forward pass, the one backward and the particles' ascent."""
+        step = self._draw_batch(part, exchange)  # this rank's rows, and the global batch's indices
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        v_old, g_old = self._read_particles(step)  # the particles v_i and momentum g_i of the batch (copies)
+        v = v_old.detach().requires_grad_(True)
+        losses = self._particle_losses(v, step.y)  # loss(theta, v_i)
+        matching = self._matching_loss(step, exchange)  # the transport map's loss over m' particles
+        model_loss = self._model_loss(losses, step)
+        # one backward: d/dtheta for the model, d/dv for the particles, d/dphi for the map
+        if direct:
+            (model_loss + matching).backward()
+        else:
+            self.manual_backward(model_loss + matching)
+        v_new, g_new = self._particle_ascent(v, v_old, g_old, step)
+        new = exchange.finish(step, v_new, g_new, losses, matching)  # the global batch's rows
+        previous = (v_old, g_old) if exchange.world == 1 else None  # the rows' values before (one process: new.index == step.index)
+        return _Iterate(step, v_old, new, model_loss.detach(), matching.detach(), previous)
+
+    def _gda_updates(self, it: "_Iterate", optimizers: list[Any], undo: list[Any], direct: bool) -> None:
+        """The iteration's updates: the model descends (SGD), the transport map steps (Adam), the rows are written."""
+        self._step_optimizers(optimizers, direct)
+        self._write_particles(it.new, undo, it.previous)
+        self.iteration += 1
+
     def _split_batch(self, batch: Any) -> list[Batch]:
         """The Lightning batch as the step's GDA batches: consecutive parts of ``m`` rows.
 
@@ -411,13 +614,13 @@ class WorstCaseGenerator(CheckpointedModule, pl.LightningModule):
             del self.gradient_norm_history[kept[2] :]
             raise
 
-    def _draw_batch(self, part: Batch) -> GlobalBatch:
+    def _draw_batch(self, part: Batch, exchange: RowExchange) -> GlobalBatch:
         """This rank's rows of one GDA batch, the global batch's indices; registers new rows."""
         table = self.particle_table
         if not table.allocated:
             table.allocate(int(self.num_particles), part.x, part.y)  # type: ignore[arg-type]
         x = part.x.to(table.dtype)
-        step = RowExchange(self._trainer).start(part.index, x, part.y, with_data=not table.complete)  # type: ignore[arg-type]
+        step = exchange.start(part.index, x, part.y, with_data=not table.complete)  # type: ignore[arg-type]
         if not table.complete:
             self._check_index(step.rows, table.size)  # one host sync, only while the table fills
             table.register(step.rows, step.x_all, step.y_all)
@@ -441,14 +644,14 @@ class WorstCaseGenerator(CheckpointedModule, pl.LightningModule):
         self._check_labels_once(y, output)
         return self.compute_losses(output, y)
 
-    def _matching_loss(self, step: GlobalBatch) -> Tensor:
+    def _matching_loss(self, step: GlobalBatch, exchange: RowExchange) -> Tensor:
         """This rank's term of ``mean_j ||T(x_j) - v_j||^2`` over the iteration's ``m'`` particles
         (scaled by the world size: DDP's average of the ranks' gradients is the gradient of the mean)."""
         table = self.particle_table
-        rows, total = self._matching_rows(step.rows)
-        mx, mv, my = table.origins[rows], table.samples[rows], None  # type: ignore[index]
+        rows, total = self._matching_rows(step.rows, exchange)
+        mx, mv, my = table.origins.index_select(0, rows), table.samples.index_select(0, rows), None  # type: ignore[union-attr]
         if table.targets is not None and self.conditional_transport:
-            my = table.targets[rows]
+            my = table.targets.index_select(0, rows)
         return self.matching_losses(mx, mv, my).sum() * (step.world / total)
 
     @staticmethod
@@ -469,18 +672,59 @@ class WorstCaseGenerator(CheckpointedModule, pl.LightningModule):
         direction = ascent_direction(grad_v, v_old, step.x, self.gamma)
         return heavy_ball_ascent(v_old, g_old, direction, self.particle_lr, self.particle_momentum)
 
-    def _step_optimizers(self, optimizers: list[Any]) -> None:
+    def _step_optimizers(self, optimizers: list[Any], direct: bool = False) -> None:
         for i, opt in enumerate(optimizers):
             # one counted (Lightning) step per iteration, so max_steps counts GDA iterations
-            (opt if i == 0 else opt.optimizer).step()
+            if i > 0:
+                opt.optimizer.step()
+            elif direct:  # what LightningOptimizer.step does when no hook is there to call
+                opt._on_before_step()
+                opt.optimizer.step()
+                opt._on_after_step()
+            else:
+                opt.step()
 
-    def _write_particles(self, new: NewRows, undo: list[tuple[Tensor, Tensor, Tensor]] | None = None) -> None:
+    def _write_particles(
+        self, new: NewRows, undo: list[tuple[Tensor, Tensor, Tensor]] | None = None, previous: tuple[Tensor, Tensor] | None = None
+    ) -> None:
         """Every rank writes the global batch's new rows alike (after the warm-up), recording the
-        old rows in ``undo``."""
+        old rows in ``undo`` (``previous``: the rows' values, when the caller read them already)."""
         if self.iteration >= self.model_warmup_steps:
+            if undo is not None and previous is not None:
+                undo.append((new.index, *previous))
+                undo = None
             self.particle_table.write(new.index, new.samples, new.momentum, undo=undo)
 
-    def _matching_rows(self, global_index: Tensor) -> tuple[Tensor, int]:
+    def _direct_lightning_path(self) -> bool:
+        """Whether ``manual_backward`` and the counted optimizer step may skip Lightning's wrappers.
+
+        They then do exactly what the wrappers do here: ``loss.backward()``, and the base optimizer's
+        step between the loop's step counters. That holds when no wrapper adds anything: one
+        device (no DDP gradient hooks), plain 32- or 64-bit precision (no loss scaling, no
+        autocast of the backward), Lightning's do-nothing profiler, and neither this module nor a
+        callback overriding ``backward``, ``on_before_backward``, ``on_after_backward`` or
+        ``on_before_optimizer_step``. Decided once per Trainer and callback list.
+        """
+        trainer = self._trainer
+        if trainer is None:
+            return False
+        key = (id(trainer), tuple(map(id, trainer.callbacks)))
+        cached = self.__dict__.get("_direct_path_key")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        direct = (
+            type(trainer.strategy) is SingleDeviceStrategy
+            and type(trainer.precision_plugin) in (Precision, DoublePrecision)
+            and type(trainer.profiler) is PassThroughProfiler
+            and type(self).manual_backward is pl.LightningModule.manual_backward
+            and not any(is_overridden(hook, self) for hook in ("backward", *_LIGHTNING_STEP_HOOKS))
+            and not any(is_overridden(hook, callback) for callback in trainer.callbacks for hook in _LIGHTNING_STEP_HOOKS)
+            and all(hasattr(opt, "_on_before_step") and hasattr(opt, "_on_after_step") for opt in trainer.strategy._lightning_optimizers)
+        )
+        self.__dict__["_direct_path_key"] = (key, direct)
+        return direct
+
+    def _matching_rows(self, global_index: Tensor, exchange: RowExchange) -> tuple[Tensor, int]:
         """This rank's share of the ``m'`` particles the transport map matches this iteration.
 
         They are drawn uniformly from all particles (every rank holds the whole table) by a
@@ -503,7 +747,7 @@ class WorstCaseGenerator(CheckpointedModule, pl.LightningModule):
             rows = torch.randperm(table.size, generator=generator)[:k]
         else:
             rows = torch.randint(0, table.size, (k,), generator=generator)
-        return RowExchange(self._trainer).share(rows).to(table.device), int(rows.shape[0])
+        return exchange.share(rows).to(table.device), int(rows.shape[0])
 
     # ------------------------------------------------------------------ checks
     @staticmethod
