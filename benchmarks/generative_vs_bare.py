@@ -26,7 +26,9 @@ batch size, the same optimizers and the same number of inner steps:
 "ours" is ``Trainer.fit(module, TensorDataModule(x, batch_size=256))`` (logger, checkpointing,
 progress bar, model summary and validation off; everything else as a user gets it: the
 DataLoader and its sampler, Lightning's loop and manual optimization, our divergence guard and
-its checks, ``self.log``). The clock runs from the end of the batch that completes step ``warmup``
+its checks, the ``train/*`` figures through ``self.log`` on Lightning's log steps, every
+``log_every_n_steps = 50`` batches by default: ``--log-every-n-steps 1`` logs every batch, as the
+modules did before; ``lightning_wass.modules.generative``, "What is logged when"). The clock runs from the end of the batch that completes step ``warmup``
 to the end of the batch that completes step ``warmup + steps`` (a callback reading the module's
 counter). "bare" is the loop a user would write by hand: a ``randperm`` per epoch, slice the batch,
 the same updates with ``torch.Generator``-seeded noise. Both run in this process, alternating
@@ -41,7 +43,7 @@ replaced by no-ops (a diagnosis of where the time goes, not a setting), and a la
 floor every Lightning module pays (a one-parameter module, one SGD step a batch).
 
 Run:  .venv/bin/python benchmarks/generative_vs_bare.py [--quick] [--threads 1] [--adversarial] [--device cpu]
-      [--only W1W2] [--decompose]
+      [--only W1W2] [--decompose] [--log-every-n-steps 50]
 Writes benchmarks/results/generative_vs_bare.json (git-ignored).
 """
 
@@ -120,13 +122,16 @@ class StepClock(Callback):
             trainer.should_stop = True
 
 
+LOG_EVERY_N_STEPS = 50  # Lightning's default; --log-every-n-steps
+
+
 def time_ours(module: pl.LightningModule, counter: Callable[[Any], int], x: Tensor, warmup: int, steps: int, device: torch.device) -> tuple[float, float]:
     data = TensorDataModule(x, val_fraction=0.0, batch_size=BATCH, drop_last=True)
     clock = StepClock(counter, warmup, steps, device)
     trainer = pl.Trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, max_epochs=10_000, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-        num_sanity_val_steps=0, callbacks=[clock],
+        num_sanity_val_steps=0, callbacks=[clock], log_every_n_steps=LOG_EVERY_N_STEPS,
     )
     trainer.fit(module, data)
     assert clock.start is not None and clock.end is not None, "the run ended before the clock stopped"
@@ -379,7 +384,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--only", default="", help="run only the cases whose name starts with this (e.g. W1W2)")
     parser.add_argument("--decompose", action="store_true", help="also time ours without self.log, and without self.log and the guard")
+    parser.add_argument("--log-every-n-steps", type=int, default=50,
+                        help="the Trainer's log_every_n_steps for ours (default 50, Lightning's; 1 = log every batch)")
     args = parser.parse_args()
+    global LOG_EVERY_N_STEPS
+    LOG_EVERY_N_STEPS = args.log_every_n_steps
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     warmup, steps = (3, 10) if args.quick else (5, 40)
@@ -389,9 +398,11 @@ def main() -> None:
         "torch": torch.__version__, "lightning": pl.__version__, "python": platform.python_version(),
         "machine": platform.machine(), "threads": args.threads, "device": str(device), "batch": BATCH,
         "warmup_steps": warmup, "timed_steps": steps, "rounds": rounds, "quick": args.quick,
+        "log_every_n_steps": args.log_every_n_steps,
     }
     print(f"ms per step from this thread's CPU time (wall beside it); batch {BATCH}, {args.threads} thread(s), "
-          f"{device}, {steps} timed steps after {warmup}, {rounds} rounds; ratio = bare / ours (target >= 0.9)")
+          f"{device}, {steps} timed steps after {warmup}, {rounds} rounds, log_every_n_steps {args.log_every_n_steps}; "
+          "ratio = bare / ours (target >= 0.9)")
     print(f"{'case':<92} {'ours ms':>8} {'bare ms':>8} {'ratio':>6} | {'wall ours':>9} {'wall bare':>9} {'ratio':>6}")
     rows = []
     for case in [c for c in cases(args.adversarial) if c["name"].startswith(args.only)]:
@@ -434,6 +445,7 @@ def main() -> None:
     meta["lightning_floor"] = floors
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     suffix = ("_quick" if args.quick else "") + (f"_{args.only}" if args.only else "") + ("_decompose" if args.decompose else "")
+    suffix += f"_log{args.log_every_n_steps}" if args.log_every_n_steps != 50 else ""
     out = RESULTS.with_name(f"generative_vs_bare{suffix}.json")
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     print(f"wrote {out}")

@@ -45,8 +45,8 @@ updates it reports) only on the batches where it can be read:
   computes it).
 
 On the other batches ``trainer.callback_metrics`` and the progress bar hold the value of the last
-logged batch (at most ``log_every_n_steps - 1`` batches old). The loggers receive exactly the
-values they received when every batch logged (the newest value of every figure at each log step).
+logged batch (at most ``log_every_n_steps - 1`` batches old). The loggers receive, at their steps,
+the values they received when every batch logged (the newest value of every figure).
 ``Trainer(log_every_n_steps=1)`` logs every figure on every batch. Validation figures (``val/*``)
 are logged as before, once per validation.
 
@@ -200,7 +200,8 @@ class GenerativeModule(CheckpointedModule, pl.LightningModule):
 
     # ------------------------------------------------------------------ training figures
     def on_fit_start(self) -> None:
-        self.__dict__["_pending_train_metrics"] = {}
+        super().on_fit_start()
+        self.__dict__["_pending_train_metrics"] = {}  # no figure of an earlier fit is logged in this one
 
     def log_train_metrics(
         self,
