@@ -5,9 +5,10 @@ figure is the median over rounds (the machines are shared, so ratios are what to
 
 - ``fwd-bwd``: one closure call (zero_grad, forward, backward), the unit of cost;
 - ``sgd``: closure + ``torch.optim.SGD`` step (momentum 0.9, weight decay 5e-4);
-- ``reference SAM``: the widely used per-parameter SAM (``davda54/sam`` style: a Python loop over
-  parameters for the norm, the perturbation, saving and restoring ``theta``), with the official
-  code's BatchNorm bypass (momentum set to 0 on the second pass), written below;
+- ``reference SAM``: the widely used per-parameter SAM, the operations of ``davda54/sam``'s
+  ``sam.py`` written out (a Python loop over parameters for the norm, the perturbation, saving and
+  restoring ``theta``, with its ``1.0 * p.grad`` factors), with the official code's BatchNorm
+  bypass (momentum set to 0 on the second pass), written below;
 - ``SAM``: :class:`lightning_wass.optim.SAM` (``torch._foreach_*`` kernels, BatchNorm statistics saved
   and restored);
 - ``OT-MDR K=k``: :class:`lightning_wass.optim.OTMDR` with its defaults (two chained ascent steps,
@@ -74,23 +75,34 @@ from lightning_wass.optim.norm_stats import frozen_running_stats
 
 
 class ReferenceSAM(torch.optim.Optimizer):
-    """Straightforward per-parameter SAM (as in the davda54/sam code most projects copy)."""
+    """The per-parameter SAM most projects copy: the operations of davda54/sam's ``sam.py`` (HEAD
+    3c3afdb), written out here, including its ``(abs(p) if adaptive else 1.0) * p.grad`` factors
+    (with ``adaptive=False`` each is one more tensor multiply per parameter, in the norm and in
+    ``e_w``), its per-parameter ``.to(device)`` and its restore by ``p.data = old_p``."""
 
-    def __init__(self, params, base_optimizer, rho: float = 0.05, **kwargs):
-        super().__init__(params, dict(rho=rho, **kwargs))
+    def __init__(self, params, base_optimizer, rho: float = 0.05, adaptive: bool = False, **kwargs):
+        super().__init__(params, dict(rho=rho, adaptive=adaptive, **kwargs))
         self.base_optimizer = base_optimizer(self.param_groups, **kwargs)
         self.param_groups = self.base_optimizer.param_groups
 
+    def _grad_norm(self):
+        shared_device = self.param_groups[0]["params"][0].device
+        return torch.norm(torch.stack([
+            ((torch.abs(p) if group["adaptive"] else 1.0) * p.grad).norm(p=2).to(shared_device)
+            for group in self.param_groups for p in group["params"] if p.grad is not None
+        ]), p=2)
+
     @torch.no_grad()
     def first_step(self):
-        grad_norm = torch.norm(torch.stack([p.grad.norm(p=2) for g in self.param_groups for p in g["params"] if p.grad is not None]), p=2)
+        grad_norm = self._grad_norm()
         for group in self.param_groups:
             scale = group["rho"] / (grad_norm + 1e-12)
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 self.state[p]["old_p"] = p.data.clone()
-                p.add_(p.grad * scale.to(p))
+                e_w = (torch.pow(p, 2) if group["adaptive"] else 1.0) * p.grad * scale.to(p)
+                p.add_(e_w)
 
     @torch.no_grad()
     def second_step(self):

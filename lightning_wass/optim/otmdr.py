@@ -424,9 +424,9 @@ class OTMDR(TwoStepAPI, Optimizer):
         ``self.param_groups`` (flattened); ``None`` entries count as zero. Returns ``||T gradient||``
         (a 0-d tensor). Override to change the ascent rule.
         """
-        params = [p for group in self.param_groups for p in group["params"]]
-        device = params[0].device if params else torch.device("cpu")
         run = self._progress.run
+        params = run.params if run is not None else [p for group in self.param_groups for p in group["params"]]
+        device = params[0].device if params else torch.device("cpu")
         squares: Tensor | None = None
         work = []
         start = 0
@@ -436,16 +436,20 @@ class OTMDR(TwoStepAPI, Optimizer):
             start += count
             if not group["perturb"]:
                 continue
-            live = [i for i in idx if gradient[i] is not None]
-            ps = [params[i] for i in live]
+            grads = gradient[idx.start : idx.stop]
+            if all(g is not None for g in grads):  # (slices: no index lists to build)
+                ps, term_lists = params[idx.start : idx.stop], [term[idx.start : idx.stop] for term in direction_terms]
+            else:
+                live = [i for i in idx if gradient[i] is not None]
+                ps, grads = [params[i] for i in live], [gradient[i] for i in live]
+                term_lists = [[term[i] for i in live] for term in direction_terms]
             t = P.scaling(ps, group["adaptive"], group["adaptive_eta"])
             buffer = norm_buffer(self._progress, j)  # a flat copy reused step after step (CPU)
-            grads = [gradient[i] for i in live]
             layout = run.layout_of(grads, idx.start) if run is not None and t is None else None
             group_squares = P.sum_of_squares(grads, t, device, buffer, layout)  # type: ignore[misc]
             squares = group_squares if squares is None else squares + group_squares
             radius = options.group_radius(group, j, ascent_step, self.ascent_steps) * direction_scale
-            work.append((j, group, ps, [[term[i] for i in live] for term in direction_terms], t, radius))
+            work.append((j, group, ps, term_lists, t, radius))
         norm = torch.zeros((), device=device) if squares is None else squares.sqrt()
         host_norm = float(norm) if _reads_back_for_free(device) else None
         for j, group, ps, term_lists, t, radius in work:
@@ -567,7 +571,7 @@ class OTMDR(TwoStepAPI, Optimizer):
                 f"{name}.step was called by a GradScaler that did not pass itself, so the passes of the step cannot be "
                 "unscaled one by one: call optimizer.step(closure, grad_scaler=scaler) and then scaler.update()."
             )
-        return torch.enable_grad()(closure)
+        return _with_grad(closure)
 
     def _begin(self, grad_scaler: Any, two_step: bool) -> StepRun:
         scaling.check_scaler(grad_scaler)
@@ -747,6 +751,18 @@ class OTMDR(TwoStepAPI, Optimizer):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return torch.tensor(float(value))
         raise TypeError(f"closure must return the loss as a scalar tensor or number, got {type(value).__name__}")
+
+
+def _with_grad(closure: Callable[[], Any]) -> Callable[[], Any]:
+    """``closure`` run with gradients enabled (``step`` itself runs under ``no_grad``). A plain
+    wrapper: ``torch.enable_grad()(closure)`` builds a decorated function (``functools.wraps``,
+    ``inspect``) on every step, which costs more than the rest of a small model's step bookkeeping."""
+
+    def with_grad() -> Any:
+        with torch.enable_grad():
+            return closure()
+
+    return with_grad
 
 
 def _read_back(values: list[Tensor], device: torch.device) -> list[float]:

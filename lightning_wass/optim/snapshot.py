@@ -78,9 +78,14 @@ class StateSnapshot:
         self._sources: list[Tensor] = []
         self._params: list[Tensor] = []
         self._saved: list[tuple[Tensor, dict[str, Any]]] = []
+        self._values: list[Any] = []
+        self._state_count = 0
 
     def save(self, optimizer: Optimizer, params: Sequence[Tensor]) -> None:
         """Remember ``optimizer.state[p]`` for every ``p`` (tensors copied, other values kept as they are)."""
+        if self._unchanged(optimizer, params):
+            torch._foreach_copy_(self._buffers, self._sources)  # type: ignore[arg-type]
+            return
         wanted = {id(p) for p in params}
         saved: list[tuple[Tensor, dict[str, Any]]] = []
         tensors: list[Tensor] = []
@@ -103,6 +108,22 @@ class StateSnapshot:
             self._sources = tensors
         self._params = list(params)
         self._saved = saved
+        self._values = [v for state in optimizer.state.values() for v in state.values()]
+        self._state_count = len(optimizer.state)
+
+    def _unchanged(self, optimizer: Optimizer, params: Sequence[Tensor]) -> bool:
+        """Whether the state holds the same objects, in the same order, as at the last save, for the
+        same parameters: then the saved layout stands and only the tensors' values need copying.
+        (Every value is compared, so a non-tensor value, which a step replaces, takes the full path.)"""
+        if not self._buffers or len(optimizer.state) != self._state_count or len(params) != len(self._params):
+            return False
+        values = [v for state in optimizer.state.values() for v in state.values()]
+        last = self._values
+        return (
+            len(values) == len(last)
+            and all(a is b for a, b in zip(values, last))
+            and all(a is b for a, b in zip(params, self._params))
+        )
 
     def restore(self, optimizer: Optimizer) -> None:
         """Put the saved state back (state created by the step is removed)."""
