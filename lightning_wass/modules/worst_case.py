@@ -402,11 +402,11 @@ class WorstCaseGenerator(CheckpointedModule, pl.LightningModule):
         before a gradient-norm evaluation). Under DDP every step runs so.
 
         ``attribute=True`` (the replay of a step whose deferred checks failed, from the step's start):
-        the step is verified before each iteration's updates and after its last one, each iteration
-        under its own name, so the error names the first iteration that failed and the quantity that
-        failed first in it (the cause before its effects: the data, the loss, the particles, the map's
-        loss, then the updates, which the next iteration's verification reads). No gradient norms
-        are evaluated (the first run made them).
+        the step is verified before and after each iteration's updates, each iteration under its own
+        name, so the error names the first iteration that failed and the quantity that failed first
+        in it (the cause before its effects: the data, the loss, the particles, the map's loss, then
+        the updates, measured from the step's start as the guard does). No gradient norms are
+        evaluated (the first run made them).
         """
         step_where, first = check.where, self.iteration + 1
         last = None
@@ -421,13 +421,13 @@ class WorstCaseGenerator(CheckpointedModule, pl.LightningModule):
                 check.finite("the training batch", last.step.x, "clean the data (NaN or Inf in the inputs)", error=ValueError)
                 self._record_checks(check, last.new, optimizers)
                 if attribute:
-                    check.verify()  # this iteration's values and the updates so far (one host read)
+                    check.verify()  # this iteration's values, before its updates
                 self._gda_updates(last, optimizers, undo, direct)
-                if not attribute and self._gradient_norms_due():
+                if attribute:
+                    check.verify()  # the step's updates so far
+                elif self._gradient_norms_due():
                     check.verify()  # the step so far is sound (one host read) before the norms measure it
                     self.evaluate_gradient_norms(log=True)
-            if attribute:
-                check.verify()  # the last iteration's updates
         finally:
             check.where = step_where
         assert last is not None
