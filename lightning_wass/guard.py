@@ -17,8 +17,8 @@ A step runs inside ``with guard.step(where) as check:``. Inside it the module
   back in **one** host synchronisation.
 
 If a flag fails (at ``verify`` or at the end of the block), or any exception leaves the block,
-every registered optimizer's parameters and state, the owner's floating buffers (BatchNorm
-statistics, spectral norm's vectors), its named counters and the Trainer's optimizer-step counters
+every registered optimizer's parameters and state, the owner's buffers (BatchNorm statistics
+and batch counters, spectral norm's vectors), its named counters and the Trainer's optimizer-step counters
 (``global_step``) are restored; a failing flag raises :class:`DivergenceError` naming the quantity, the step and the
 knob that flag names (the first failing flag in the order recorded: the cause comes before its
 effects). A value that is not finite because the *data* are not is reported as a ``ValueError``.
@@ -85,12 +85,14 @@ class _Update:
     state: StateSnapshot
     hint: Hint
     position: int  # how many flags were recorded before it: its own flags sort there (its effects come later)
+    buffers: _Buffers
 
 
 @dataclass
 class _Buffers:
     params: list[Tensor] | None = None
     state: StateSnapshot = field(default_factory=StateSnapshot)
+    after: list[Tensor] | None = None  # scratch: the parameters after the step, then their move
 
 
 class StepCheck:
@@ -104,8 +106,8 @@ class StepCheck:
         self._owner = owner
         self._counters = {name: getattr(owner, name) for name in counters} if owner is not None else {}
         self._progress = [(p, p.state_dict()) for p in _step_progress(owner)]
-        # buffers a forward pass changes (BatchNorm statistics, spectral norm's power-iteration vectors)
-        self._module_buffers = [b for b in owner.buffers() if b.is_floating_point()] if isinstance(owner, torch.nn.Module) else []
+        # buffers a forward pass changes (BatchNorm statistics and batch counter, spectral norm's vectors)
+        self._module_buffers = list(owner.buffers()) if isinstance(owner, torch.nn.Module) else []
         if self._module_buffers:
             kept = guard._buffers.setdefault("<module buffers>", _Buffers())
             kept.params = copy_into(kept.params, [b.detach() for b in self._module_buffers])
@@ -140,7 +142,7 @@ class StepCheck:
         buffers = self.guard._buffers.setdefault(name, _Buffers())
         buffers.params = copy_into(buffers.params, [p.detach() for p in params])
         buffers.state.save(optimizer, params)
-        self._updates[name] = _Update(name, optimizer, params, buffers.params, buffers.state, hint, len(self._flags))
+        self._updates[name] = _Update(name, optimizer, params, buffers.params, buffers.state, hint, len(self._flags), buffers)
         if self._device is None and params:
             self._device = params[0].device
 
@@ -160,29 +162,34 @@ class StepCheck:
         return ordered + self._flags[start:]
 
     def _update_flags(self, update: _Update) -> list[_Flag]:
-        flags: list[_Flag] = []
+        """"Parameters finite" and "moved at most ``max_update_ratio`` times their norm" for one optimizer.
+
+        The parameters after the step are copied into a scratch buffer laid out like the copy made
+        before it (flat tensors, one per device and dtype), so each norm is one kernel per flat
+        tensor rather than one per parameter, and ``theta' - theta`` is one in-place subtraction."""
+        if not update.params:
+            return []
         ratio_bound = self.guard.max_update_ratio
-        for update in (update,):
-            if not update.params:
-                continue
-            after = torch.stack([n.float() for n in torch._foreach_norm([p.detach() for p in update.params])]).norm()
+        kept = update.buffers
+        with torch.no_grad():
+            kept.after = copy_into(kept.after, [p.detach() for p in update.params])
+        after_flats, before_flats = kept.after.flats, update.before.flats  # type: ignore[attr-defined]
+        flags = [_Flag(
+            f"the {update.name}'s parameters", ~torch.isfinite(_norm(after_flats)),
+            f"the {update.name}'s parameters became non-finite (NaN or Inf) in {self.where}; {{restored}}. {{hint}}",
+            update.hint,
+        )]
+        if ratio_bound is not None:
+            with torch.no_grad():
+                for moved, before in zip(after_flats, before_flats):
+                    moved.sub_(before)
+            ratio = _norm(after_flats) / _norm(before_flats).clamp_min(1.0)
             flags.append(_Flag(
-                f"the {update.name}'s parameters", ~torch.isfinite(after),
-                f"the {update.name}'s parameters became non-finite (NaN or Inf) in {self.where}; {{restored}}. {{hint}}",
-                update.hint,
+                f"the {update.name}'s update", ~(ratio <= ratio_bound),
+                f"the {update.name}'s update in {self.where} moved its parameters {{detail:.3g}} times their norm "
+                f"(bound: max_update_ratio={ratio_bound:g}); {{restored}}. {{hint}}",
+                update.hint, DivergenceError, ratio,
             ))
-            if ratio_bound is not None:
-                before = torch.stack([n.float() for n in torch._foreach_norm(update.before)]).norm()
-                moved = torch.stack(
-                    [n.float() for n in torch._foreach_norm(torch._foreach_sub([p.detach() for p in update.params], update.before))]
-                ).norm()
-                ratio = moved / before.clamp_min(1.0)
-                flags.append(_Flag(
-                    f"the {update.name}'s update", ~(ratio <= ratio_bound),
-                    f"the {update.name}'s update in {self.where} moved its parameters {{detail:.3g}} times their norm "
-                    f"(bound: max_update_ratio={ratio_bound:g}); {{restored}}. {{hint}}",
-                    update.hint, DivergenceError, ratio,
-                ))
         return flags
 
     def verify(self) -> None:
@@ -217,6 +224,18 @@ class StepCheck:
             setattr(self._owner, name, value)
         for progress, state in self._progress:
             progress.load_state_dict(state)
+
+
+def _norm(flats: Sequence[Tensor]) -> Tensor:
+    """``||(f_1, ..., f_n)||_2`` of flat tensors as a float32 scalar on the first one's device (each
+    norm in its own dtype, half precisions in float32)."""
+    norms = [
+        torch.linalg.vector_norm(f, dtype=torch.float32 if f.dtype in (torch.float16, torch.bfloat16) else None).float()
+        for f in flats
+    ]
+    if len(norms) == 1:
+        return norms[0]
+    return torch.stack([n.to(norms[0].device) for n in norms]).norm()
 
 
 def _step_progress(owner: Any) -> list[Any]:
