@@ -319,6 +319,7 @@ def run_one(dataset: str, setting: str, steps: int, args: argparse.Namespace) ->
         check_val_every_n_epoch=None,
         limit_val_batches=1,
         num_sanity_val_steps=0,
+        log_every_n_steps=1,  # train/* figures reach callback_metrics every batch (Indicators reads the largest penalty)
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
