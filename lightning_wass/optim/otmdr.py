@@ -640,7 +640,9 @@ class OTMDR(TwoStepAPI, Optimizer):
         back as it is (one ``stack``, one ``tolist``) and judged on the host."""
         progress = self._progress
         if stepped:
-            buffer = norm_buffer(progress, "stepped")
+            # scratch space: with one group the ascent's flat copy has this layout too, so share it
+            # (one buffer less to keep in cache); with several, a buffer of its own (no re-allocation)
+            buffer = norm_buffer(progress, 0 if len(self.param_groups) == 1 else "stepped")
             run.check("the gradient that was stepped", P.global_norm(stepped, run.device, buffer, run.layout_of(stepped)))
         zero = torch.zeros((), dtype=torch.float32, device=run.device)
         values = [value for _, value in run.checks]
