@@ -127,7 +127,7 @@ def frozen_running_stats(params: Iterable[Tensor] | None = None) -> Iterator[Non
             block hold all of them, the global hook is removed; without ``params`` it stays for the
             whole block.
     """
-    freezer = _Freezer(None if params is None else {id(p) for p in params})
+    freezer = _Freezer(None if params is None else set(map(id, params)))
     freezer.handle = register_module_forward_pre_hook(freezer)
     try:
         with warnings.catch_warnings():

@@ -79,6 +79,8 @@ class StateSnapshot:
         self._params: list[Tensor] = []
         self._saved: list[tuple[Tensor, dict[str, Any]]] = []
         self._values: list[Any] = []
+        self._value_ids: list[int] = []
+        self._param_ids: list[int] = []
         self._state_count = 0
 
     def save(self, optimizer: Optimizer, params: Sequence[Tensor]) -> None:
@@ -109,6 +111,8 @@ class StateSnapshot:
         self._params = list(params)
         self._saved = saved
         self._values = [v for state in optimizer.state.values() for v in state.values()]
+        self._value_ids = list(map(id, self._values))
+        self._param_ids = list(map(id, self._params))
         self._state_count = len(optimizer.state)
 
     def _unchanged(self, optimizer: Optimizer, params: Sequence[Tensor]) -> bool:
@@ -117,13 +121,10 @@ class StateSnapshot:
         (Every value is compared, so a non-tensor value, which a step replaces, takes the full path.)"""
         if not self._buffers or len(optimizer.state) != self._state_count or len(params) != len(self._params):
             return False
+        # ids compared as lists (C loops): the objects of the last save are held here, so their ids
+        # cannot have been reused by other objects
         values = [v for state in optimizer.state.values() for v in state.values()]
-        last = self._values
-        return (
-            len(values) == len(last)
-            and all(a is b for a, b in zip(values, last))
-            and all(a is b for a, b in zip(params, self._params))
-        )
+        return list(map(id, values)) == self._value_ids and list(map(id, params)) == self._param_ids
 
     def restore(self, optimizer: Optimizer) -> None:
         """Put the saved state back (state created by the step is removed)."""
