@@ -92,25 +92,22 @@ class _DeferredRun:
 
 class _ReplayState:
     """What the guard does not put back but a replay of the step needs as it was at the step's
-    start: the random state (dropout) and the integer buffers (BatchNorm's batch counter)."""
+    start: the random state (dropout). (The guard's restore puts back every module buffer,
+    BatchNorm's batch counter included.)"""
 
-    def __init__(self, cpu: Tensor, device: tuple[torch.device, Tensor] | None, buffers: list[tuple[Tensor, Tensor]]) -> None:
-        self.cpu, self.device, self.buffers = cpu, device, buffers
+    def __init__(self, cpu: Tensor, device: tuple[torch.device, Tensor] | None) -> None:
+        self.cpu, self.device = cpu, device
 
     @classmethod
     def capture(cls, module: pl.LightningModule) -> "_ReplayState":
         device = module.device
         kept = (device, torch.cuda.get_rng_state(device)) if device.type == "cuda" else None
-        buffers = [(b, b.clone()) for b in module.buffers() if not b.is_floating_point()]
-        return cls(torch.get_rng_state(), kept, buffers)
+        return cls(torch.get_rng_state(), kept)
 
     def restore(self) -> None:
         torch.set_rng_state(self.cpu)
         if self.device is not None:
             torch.cuda.set_rng_state(self.device[1], self.device[0])
-        with torch.no_grad():
-            for buffer, value in self.buffers:
-                buffer.copy_(value)
 
 
 class WorstCaseGenerator(CheckpointedModule, pl.LightningModule):
