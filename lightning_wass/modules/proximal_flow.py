@@ -90,6 +90,7 @@ from lightning_wass._validation import check_betas, check_choice, check_int, che
 from lightning_wass.datamodules.batch import unpack_batch
 from lightning_wass.guard import StepCheck
 from lightning_wass.modules.generative import GenerativeModule
+from lightning_wass.modules.optimizers import build_optimizer
 from lightning_wass.nn.potentials import ConvDiscriminator, ConvPotential, MLPDiscriminator, PotentialMLP
 from lightning_wass.functional.proximal_flow.divergences import DIVERGENCES, f_divergence_dual, lipschitz_penalty
 from lightning_wass.functional.proximal_flow.indicators import (
@@ -404,8 +405,8 @@ class W1W2ProximalFlow(GenerativeModule):
 
     # ----------------------------------------------------------------------------- Lightning hooks
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        opt_phi = torch.optim.Adam(self.discriminator.parameters(), lr=self.lr_discriminator, betas=self.betas)
-        opt_u = torch.optim.Adam(self.potential.parameters(), lr=self.lr_potential, betas=self.betas)
+        opt_phi = build_optimizer(torch.optim.Adam, self.discriminator.parameters(), lr=self.lr_discriminator, betas=self.betas)
+        opt_u = build_optimizer(torch.optim.Adam, self.potential.parameters(), lr=self.lr_potential, betas=self.betas)
         return [opt_phi, opt_u]
 
     def training_step(self, batch: Any, batch_idx: int) -> None:

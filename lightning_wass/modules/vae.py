@@ -35,6 +35,7 @@ from lightning_wass.checkpoints import CheckpointedModule
 from lightning_wass._validation import check_choice, check_data_batch, check_int, check_positive, check_shape, raise_if_diverged
 from lightning_wass.datamodules.batch import unpack_batch
 from lightning_wass.guard import guarded_optimizer_step
+from lightning_wass.modules.optimizers import build_optimizer
 from lightning_wass.nn.vae_nets import ARCHITECTURES, build_vae_nets, resolve_architecture
 
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -259,4 +260,4 @@ class VAE(CheckpointedModule, pl.LightningModule):
         return len(self.data_shape) == 3 and self.data_shape[0] in (1, 3)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.lr)
+        return build_optimizer(torch.optim.Adam, self.parameters(), lr=self.lr)

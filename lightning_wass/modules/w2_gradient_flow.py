@@ -63,6 +63,7 @@ from lightning_wass.functional.w2_gradient_flow import (
     w2gan_dual_loss,
 )
 from lightning_wass.modules.generative import LatentGenerativeModule, default_latent_dim, infer_latent_dim
+from lightning_wass.modules.optimizers import build_optimizer
 from lightning_wass.nn.gan_nets import default_generator
 from lightning_wass.nn.mlp import MLP
 
@@ -197,11 +198,11 @@ class W2GradientFlow(LatentGenerativeModule):
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         if self.generator is None:
             raise ValueError("W2GradientFlow has no generator: give data_shape, or a DataModule with data_shape")
-        optimizers = [torch.optim.Adam(self.generator.parameters(), lr=self.lr, betas=self.betas)]
+        optimizers = [build_optimizer(torch.optim.Adam, self.generator.parameters(), lr=self.lr, betas=self.betas)]
         estimator = self._extra_networks()
         if estimator:
             parameters = [p for net in estimator for p in net.parameters()]
-            optimizers.append(torch.optim.Adam(parameters, lr=self.potential_lr))
+            optimizers.append(build_optimizer(torch.optim.Adam, parameters, lr=self.potential_lr))
         return optimizers
 
     def _extra_networks(self) -> list[nn.Module]:

@@ -34,6 +34,7 @@ from lightning_wass._validation import check_betas, check_choice, check_int, che
 from lightning_wass.datamodules.batch import unpack_batch
 from lightning_wass.functional.wgan import clip_weights, critic_gap, generator_loss, gradient_penalty
 from lightning_wass.modules.generative import LatentGenerativeModule, default_latent_dim, infer_latent_dim
+from lightning_wass.modules.optimizers import build_optimizer
 from lightning_wass.nn.gan_nets import (
     apply_spectral_norm,
     default_critic,
@@ -168,12 +169,12 @@ class WGAN(LatentGenerativeModule):
             raise ValueError("WGAN has no networks: give data_shape, or a DataModule with data_shape")
         if self.lipschitz == "clip":
             return [
-                torch.optim.RMSprop(self.generator.parameters(), lr=self.lr),
-                torch.optim.RMSprop(self.critic.parameters(), lr=self.lr),
+                build_optimizer(torch.optim.RMSprop, self.generator.parameters(), lr=self.lr),
+                build_optimizer(torch.optim.RMSprop, self.critic.parameters(), lr=self.lr),
             ]
         return [
-            torch.optim.Adam(self.generator.parameters(), lr=self.lr, betas=self.betas),
-            torch.optim.Adam(self.critic.parameters(), lr=self.lr, betas=self.betas),
+            build_optimizer(torch.optim.Adam, self.generator.parameters(), lr=self.lr, betas=self.betas),
+            build_optimizer(torch.optim.Adam, self.critic.parameters(), lr=self.lr, betas=self.betas),
         ]
 
     def critic_score(self, x: Tensor) -> Tensor:

@@ -48,6 +48,7 @@ from lightning_wass._validation import (
 from lightning_wass.datamodules.batch import Batch, require_index, unpack_batch
 from lightning_wass.guard import StepCheck, UpdateGuard, rms_norm
 from lightning_wass.modules.worst_case_exchange import GlobalBatch, NewRows, RowExchange
+from lightning_wass.modules.optimizers import build_optimizer
 from lightning_wass.modules.worst_case_particles import ParticleTable, WorstCaseParticles
 from lightning_wass.modules.worst_case_transport import TransportMapSpec
 from lightning_wass.nn.modes import eval_mode
@@ -352,7 +353,8 @@ class WorstCaseGenerator(CheckpointedModule, pl.LightningModule):
         optimizers: list[torch.optim.Optimizer] = []
         if self.train_model:
             optimizers.append(
-                torch.optim.SGD(
+                build_optimizer(
+                    torch.optim.SGD,
                     self.model.parameters(),
                     lr=self.model_lr,
                     momentum=self.model_momentum,
@@ -360,7 +362,7 @@ class WorstCaseGenerator(CheckpointedModule, pl.LightningModule):
                     weight_decay=self.model_weight_decay,
                 )
             )
-        optimizers.append(torch.optim.Adam(self.transport_map.parameters(), lr=self.transport_lr))
+        optimizers.append(build_optimizer(torch.optim.Adam, self.transport_map.parameters(), lr=self.transport_lr))
         return optimizers
 
     def train(self, mode: bool = True) -> "WorstCaseGenerator":
