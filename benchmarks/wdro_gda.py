@@ -7,12 +7,15 @@ and number of particles n (1e3, 1e4, 1e5), with batch m = 500:
   logging, checkpointing and the progress bar off and no GN evaluation (``gradient_norm_every=0``);
   the time runs from the end of a warm-up iteration to the end of the last one (so it includes
   Lightning's loop, the DataLoader and its sampler, the divergence check);
-- bare: the loop a user would write by hand: one randperm per epoch, index the particle table,
+- bare: the loop a user would write by hand, with torch's default optimizers (foreach Adam and
+  SGD), timed as in a process that never imported Lightning (``bare_process.py``): one randperm per epoch, index the particle table,
   one forward/backward of ``mean loss + matching loss``, the heavy-ball particle update, the SGD
   (model) and Adam (transport map) steps, write the rows back. Both match the transport map on
   m' = 50 particles drawn uniformly from the whole table.
 
-Both use the same networks (classifier MLP d-256-256-10 with cross-entropy; transport map
+Ours builds torch's fused Adam and SGD kernels (``lightning_wass.modules.optimizers``: the same
+update rules; SGD bit for bit, Adam to float rounding); ``--bare-fused`` gives the bare loop those
+kernels too, for the ratio with equal kernels. Both use the same networks (classifier MLP d-256-256-10 with cross-entropy; transport map
 x + MLP d-256-256-d; m' = 50) and the paper's step sizes. The variants alternate (ABAB...) over
 several rounds so that load from other processes hits both alike; the table gives iterations per
 second from the CPU time of the (single) working thread, which approximates an idle machine's
@@ -42,6 +45,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
+from bare_process import plain_pytorch_process
 from torch import Tensor, nn
 
 from lightning_wass import TensorDataModule, WorstCaseGenerator
@@ -139,12 +143,18 @@ def time_floor(x: Tensor, y: Tensor, warmup: int, steps: int) -> tuple[float, fl
 
 
 # ---------------------------------------------------------------------------------- bare PyTorch
-def time_bare(x: Tensor, y: Tensor, warmup: int, steps: int) -> tuple[float, float]:
-    """Iterations per second (wall, CPU) of the hand-written loop."""
+def time_bare(x: Tensor, y: Tensor, warmup: int, steps: int, fused: bool = False) -> tuple[float, float]:
+    """Iterations per second (wall, CPU) of the hand-written loop, as in a process without Lightning
+    (:func:`bare_process.plain_pytorch_process`)."""
+    with plain_pytorch_process():
+        return _time_bare(x, y, warmup, steps, {"fused": True} if fused else {})
+
+
+def _time_bare(x: Tensor, y: Tensor, warmup: int, steps: int, kernels: dict[str, bool]) -> tuple[float, float]:
     n = x.shape[0]
     model, transport = networks(x.shape[1], 0)
-    opt_model = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
-    opt_map = torch.optim.Adam(transport.parameters(), lr=MAP_LR)
+    opt_model = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, **kernels)
+    opt_map = torch.optim.Adam(transport.parameters(), lr=MAP_LR, **kernels)
     origins, particles, momentum = x.clone(), x.clone(), torch.zeros_like(x)
     generator = torch.Generator().manual_seed(0)
     perm, position, start = torch.randperm(n, generator=generator), 0, (0.0, 0.0)
@@ -183,6 +193,7 @@ def main() -> None:
     parser.add_argument("--dims", type=int, nargs="+", default=None, help="feature dimensions d (default 2 20 256)")
     parser.add_argument("--sizes", type=int, nargs="+", default=None, help="numbers of particles n (default 1e3 1e4 1e5)")
     parser.add_argument("--k", type=int, nargs="+", default=[1, 10], help="iterations_per_step values (default 1 10)")
+    parser.add_argument("--bare-fused", action="store_true", help="give the bare loop torch's fused Adam / SGD kernels, as ours has")
     parser.add_argument("--rounds", type=int, default=None, help="ABAB rounds (default 5, quick 2)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -198,6 +209,7 @@ def main() -> None:
     )
     print("GDA iterations per second from CPU time (wall-time ratio beside it); medians over rounds; ours and bare")
     print("alternate in this one process; k = iterations_per_step (GDA iterations per Lightning step)")
+    print(f"ours: fused Adam / SGD; bare: {'fused' if args.bare_fused else 'torch default (foreach)'} Adam / SGD, as in a process without Lightning")
     print(header)
     print("-" * len(header))
     base: dict[tuple[int, int], float] = {}
@@ -211,7 +223,7 @@ def main() -> None:
                 for k in args.k:
                     a, module = time_ours(x, y, warmup, steps, k)
                     ours[k].append(a)
-                bare.append(time_bare(x, y, warmup * max(args.k), steps))
+                bare.append(time_bare(x, y, warmup * max(args.k), steps, fused=args.bare_fused))
             assert module is not None
             start = time.perf_counter()
             module.compute_gradient_norms()
@@ -241,6 +253,8 @@ def main() -> None:
     meta = {
         "torch": torch.__version__, "lightning": pl.__version__, "threads": args.threads, "python": platform.python_version(),
         "warmup_steps": warmup, "iterations": steps, "rounds": rounds, "k": args.k, "quick": args.quick,
+        "ours_optimizers": "fused Adam / SGD (lightning_wass.modules.optimizers)",
+        "bare_optimizers": "fused Adam / SGD" if args.bare_fused else "torch default (foreach) Adam / SGD",
     }
     RESULTS.write_text(json.dumps({"meta": meta, "rows": rows, "lightning_floor_ms_cpu": floor_ms}, indent=2))
     print(f"\nwrote {RESULTS}")

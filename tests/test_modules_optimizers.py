@@ -111,3 +111,29 @@ def test_modules_build_fused_optimizers_on_cpu(make) -> None:
     optimizers = module.configure_optimizers()
     optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
     assert optimizers and all(opt.param_groups[0].get("fused") is True for opt in optimizers)
+
+
+def test_adam_on_cpu_skips_the_capture_check_and_keeps_it_elsewhere(monkeypatch) -> None:
+    """torch's Adam asks ``torch.accelerator.current_accelerator`` on every step (an NVML probe once
+    Lightning is imported); ours skips it while the parameters are on the CPU, not on other devices."""
+    calls = []
+    real = torch.accelerator.current_accelerator
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.accelerator, "current_accelerator", counting)
+    plain, ours = _parameter(4), _parameter(4)
+    plain.grad, ours.grad = torch.ones(64), torch.ones(64)
+    torch.optim.Adam([plain], lr=1e-3).step()
+    assert calls, "torch's Adam no longer runs the capture check: the skip has nothing to skip"
+    calls.clear()
+    built = build_optimizer(torch.optim.Adam, [ours], lr=1e-3)
+    built.step()
+    assert not calls
+    torch.testing.assert_close(ours, plain, rtol=0, atol=1e-7)  # the same first Adam step
+    elsewhere = build_optimizer(torch.optim.Adam, [nn.Parameter(torch.zeros(3, device="meta"))], lr=1e-3)
+    assert "fused" not in elsewhere.defaults or not elsewhere.param_groups[0]["fused"]  # no fused kernel on meta
+    elsewhere._accelerator_graph_capture_health_check()
+    assert calls  # not on the CPU: torch's check runs

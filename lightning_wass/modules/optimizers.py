@@ -14,10 +14,20 @@ tensor on a device torch lists, and otherwise builds the default optimizer. A su
 torch's default implementation overrides ``configure_optimizers``. A checkpoint keeps the flag in
 its ``param_groups``: resuming one written without it trains on with the default kernel (torch's
 ``load_state_dict`` restores the saved groups' options), which is the same update.
+
+It also skips, for parameters on the CPU, the CUDA-graph capture check that ``Adam.step`` (and
+``AdamW``, ``Adamax``, ``NAdam``, ...) runs first: ``torch.accelerator.current_accelerator()``,
+which ``import lightning`` makes an NVML probe (it sets ``PYTORCH_NVML_BASED_CUDA_CHECK=1``, and
+torch caches no device count before CUDA is initialised). On a machine without the NVIDIA driver
+that probe loads ``libnvidia-ml.so.1`` (and fails) on every step: about 0.5 ms an Adam step on our
+2-core CPU, in any process that imported Lightning. The check only guards CUDA / XPU graph
+capture, which cannot capture a step on CPU tensors; :func:`skip_capture_check_on_cpu` keeps it
+for every step whose first parameter is not on the CPU.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Iterable
 from typing import Any, TypeVar
@@ -46,10 +56,29 @@ def supports_fused(optimizer_class: type[torch.optim.Optimizer], parameters: lis
     return all(p.is_floating_point() and p.device.type in devices for p in parameters)
 
 
+def _capture_check_unless_on_cpu(optimizer: torch.optim.Optimizer) -> None:
+    """Torch's capture check (``Optimizer._accelerator_graph_capture_health_check``), except when the
+    first parameter lies on the CPU (the optimizer's parameters then are not on an accelerator)."""
+    first = optimizer.param_groups[0]["params"][0]
+    if not first.is_cpu:
+        type(optimizer)._accelerator_graph_capture_health_check(optimizer)  # type: ignore[attr-defined]
+
+
+def skip_capture_check_on_cpu(optimizer: OptimizerT) -> OptimizerT:
+    """Make ``optimizer`` skip torch's CUDA-graph capture check while its parameters are on the
+    CPU (see the module docstring); a no-op for a torch without that check."""
+    if hasattr(type(optimizer), "_accelerator_graph_capture_health_check"):
+        optimizer._accelerator_graph_capture_health_check = functools.partial(  # type: ignore[attr-defined]
+            _capture_check_unless_on_cpu, optimizer
+        )
+    return optimizer
+
+
 def build_optimizer(optimizer_class: type[OptimizerT], parameters: Iterable[Tensor], **options: Any) -> OptimizerT:
-    """``optimizer_class(parameters, **options)``, with ``fused=True`` where torch supports it (see
-    the module docstring). ``options`` may set ``fused`` itself, which then stands as given."""
+    """``optimizer_class(parameters, **options)``, with ``fused=True`` where torch supports it and
+    the capture check skipped on the CPU (see the module docstring). ``options`` may set ``fused``
+    itself, which then stands as given."""
     parameters = list(parameters)
     if "fused" not in options and supports_fused(optimizer_class, parameters):
         options["fused"] = True
-    return optimizer_class(parameters, **options)
+    return skip_capture_check_on_cpu(optimizer_class(parameters, **options))
