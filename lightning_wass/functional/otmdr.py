@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from itertools import repeat
+from operator import is_
 
 import torch
 from torch import Tensor
@@ -163,11 +165,14 @@ def ascend_terms_(params: Sequence[Tensor], terms: Sequence[Sequence[Tensor | No
         return
     t2 = None if t is None else torch._foreach_mul(list(t), list(t))
     for term in terms:
-        keep = [k for k, g in enumerate(term) if g is not None]
-        if not keep:
-            continue
-        ps = list(params) if len(keep) == len(term) else [params[k] for k in keep]
-        gs = [term[k] for k in keep]
+        if term and not any(map(is_, term, repeat(None))):  # every parameter has this term (a C loop: no index list)
+            keep, ps, gs = term, list(params), list(term)
+        else:
+            keep = [k for k, g in enumerate(term) if g is not None]
+            if not keep:
+                continue
+            ps = [params[k] for k in keep]
+            gs = [term[k] for k in keep]
         if t2 is None:
             torch._foreach_add_(ps, gs, alpha=scale)  # type: ignore[arg-type]
         else:

@@ -83,7 +83,7 @@ class TwoStepAPI:
         )
         if freeze_now and run.frozen is None:  # the next pass is perturbed (True) or final ("final_passes")
             run.frozen = ExitStack()
-            run.frozen.enter_context(frozen_running_stats(run.params))
+            run.frozen.enter_context(frozen_running_stats(param_ids=run.structure.id_set))
         if zero_grad:
             self.zero_grad()
 
@@ -161,7 +161,7 @@ class TwoStepAPI:
             self._cancel(run)
             raise RuntimeError(f"{run.where}: no gradients in .grad for {label}: call backward() before first_step() / second_step()")
         present = [g for g in grads if g is not None]
-        run.check(f"the gradient of {label}", torch.stack([n.to(run.device) for n in torch._foreach_norm(present, 2, dtype=torch.float32)]).norm())
+        run.check("the gradient of {}", torch.stack([n.to(run.device) for n in torch._foreach_norm(present, 2, dtype=torch.float32)]).norm(), label)
         if keep:  # the caller keeps .grad, so the next backward would add to it in place
             grads = [None if g is None else g.clone() for g in grads]
         if rescale and run.scaling is not None and present:

@@ -50,6 +50,8 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
+from itertools import repeat
+from operator import attrgetter, is_
 from typing import Any
 
 import torch
@@ -63,7 +65,7 @@ from lightning_wass.optim import _options as options
 from lightning_wass.functional import otmdr as P
 from lightning_wass.seeding import mix_seed
 from lightning_wass.optim.norm_stats import frozen_running_stats
-from lightning_wass.optim._step_run import Grads, Progress, StepRun, norm_buffer
+from lightning_wass.optim._step_run import Grads, Progress, StepRun, current_structure, describe, has_none, norm_buffer
 from lightning_wass.optim.snapshot import copy_into
 from lightning_wass.optim._two_step import TwoStepAPI
 from lightning_wass.optim.passes import PassInfo
@@ -361,10 +363,10 @@ class OTMDR(TwoStepAPI, Optimizer):
             else:
                 run.loss = self._pass(run, closure, self._info(run, 0, 0, perturbed=False), ascent=True)
                 g0 = run.gradients()
-                if all(g is None for g in g0):
+                if all(map(is_, g0, repeat(None))):
                     raise RuntimeError(f"{run.where}: the closure produced no gradients; it must call backward() on the loss it returns")
                 self._check_chunks_honoured(run)
-                with frozen_running_stats(run.params) if self.freeze_norm_stats is True else nullcontext():
+                with frozen_running_stats(param_ids=run.structure.id_set) if self.freeze_norm_stats is True else nullcontext():
                     for k in range(self.num_particles):
                         run.add_final(self._particle_chain(run, closure, k, g0 if k == 0 else None))
                         if k + 1 < self.num_particles:  # later passes must not overwrite the running sum
@@ -395,7 +397,7 @@ class OTMDR(TwoStepAPI, Optimizer):
                 self._pass(run, closure, self._info(run, k, s + 1, perturbed=True), ascent=True)
                 grads = run.gradients()
         run.kept.keep("history", None)
-        with frozen_running_stats(run.params) if self.freeze_norm_stats == "final_passes" else nullcontext():
+        with frozen_running_stats(param_ids=run.structure.id_set) if self.freeze_norm_stats == "final_passes" else nullcontext():
             self._pass(run, closure, self._info(run, k, None, perturbed=True), ascent=False)
         return run.gradients()
 
@@ -408,7 +410,7 @@ class OTMDR(TwoStepAPI, Optimizer):
         seed = mix_seed(self.seed, run.step_number, k, s, 0, self._seed_rank()) if noisy else 0
         scale = 1.0 / (s + 1) if self.chain_direction == "averaged" else 1.0
         norm = self.ascend(grads, terms, s, seed, direction_scale=scale)
-        run.check(f"the gradient norm of particle {k}, ascent step {s}", norm)
+        run.check("the gradient norm of particle {}, ascent step {}", norm, k, s)
         return terms if chained else []
 
     # ------------------------------------------------------------------ the ascent rule
@@ -425,27 +427,28 @@ class OTMDR(TwoStepAPI, Optimizer):
         (a 0-d tensor). Override to change the ascent rule.
         """
         run = self._progress.run
-        params = run.params if run is not None else [p for group in self.param_groups for p in group["params"]]
-        device = params[0].device if params else torch.device("cpu")
+        structure = run.structure if run is not None else current_structure(self._progress, self.param_groups)
+        params = structure.params
+        device = structure.device
         squares: Tensor | None = None
         work = []
-        start = 0
-        for j, group in enumerate(self.param_groups):
-            count = len(group["params"])
-            idx = range(start, start + count)
-            start += count
-            if not group["perturb"]:
-                continue
-            grads = gradient[idx.start : idx.stop]
-            if all(g is not None for g in grads):  # (slices: no index lists to build)
-                ps, term_lists = params[idx.start : idx.stop], [term[idx.start : idx.stop] for term in direction_terms]
+        whole = len(gradient) == len(params)
+        for j, group, start, stop in structure.perturbed_groups:
+            # (the structure's groups are the param groups: their perturb flags were checked at its lookup)
+            one_slice = whole and start == 0 and stop == len(params)
+            grads = gradient if one_slice else gradient[start:stop]
+            if not has_none(grads):  # (slices: no index lists to build)
+                if one_slice:
+                    ps, term_lists = params, list(direction_terms)
+                else:
+                    ps, term_lists = params[start:stop], [term[start:stop] for term in direction_terms]
             else:
-                live = [i for i in idx if gradient[i] is not None]
+                live = [i for i in range(start, stop) if gradient[i] is not None]
                 ps, grads = [params[i] for i in live], [gradient[i] for i in live]
                 term_lists = [[term[i] for i in live] for term in direction_terms]
             t = P.scaling(ps, group["adaptive"], group["adaptive_eta"])
             buffer = norm_buffer(self._progress, j)  # a flat copy reused step after step (CPU)
-            layout = run.layout_of(grads, idx.start) if run is not None and t is None else None
+            layout = run.layout_of(grads, start) if run is not None and t is None else None
             group_squares = P.sum_of_squares(grads, t, device, buffer, layout)  # type: ignore[misc]
             squares = group_squares if squares is None else squares + group_squares
             radius = options.group_radius(group, j, ascent_step, self.ascent_steps) * direction_scale
@@ -468,7 +471,7 @@ class OTMDR(TwoStepAPI, Optimizer):
         if run.has_entry_gradients:
             for p, g in zip(run.params, run.entry):
                 p.grad = None if g is None else g.clone()
-        else:
+        elif run.pass_count:  # (before the first pass .grad is the entry: all None already)
             for p in run.params:
                 p.grad = None
         run.pass_count += 1
@@ -485,7 +488,7 @@ class OTMDR(TwoStepAPI, Optimizer):
         if run.scaling is not None:
             run.scaling.unscale_pass()
         loss = self._as_loss(value)
-        run.check(f"the loss of {self._describe(info)}", loss)
+        run.check(_loss_of, loss, info)
         if run.kept.active:
             run.kept.check(run.gradients())
         return loss
@@ -575,10 +578,9 @@ class OTMDR(TwoStepAPI, Optimizer):
 
     def _begin(self, grad_scaler: Any, two_step: bool) -> StepRun:
         scaling.check_scaler(grad_scaler)
-        params = [p for group in self.param_groups for p in group["params"]]
-        perturb = [bool(group["perturb"]) for group in self.param_groups for _ in group["params"]]
+        structure = current_structure(self._progress, self.param_groups)
         step_number = self._progress.completed_steps + 1
-        run = StepRun(params, perturb, step_number, f"{type(self).__name__} step {step_number}", self._progress)
+        run = StepRun(structure, step_number, f"{type(self).__name__} step {step_number}", self._progress)
         scaler = grad_scaler if grad_scaler is not None else self._progress.grad_scaler
         if scaling.is_active(scaler):
             run.scaling = scaling.ScaledPasses(scaler, self)
@@ -607,7 +609,7 @@ class OTMDR(TwoStepAPI, Optimizer):
         run.restore_theta()
         final = run.final_sum
         assert final is not None
-        present = [g for g in final if g is not None]
+        present = [g for g in final if g is not None] if has_none(final) else final
         if self.num_particles > 1 and self.particle_reduction == "mean" and present:
             torch._foreach_mul_(present, 1.0 / self.num_particles)
         if self.num_particles > 1 or run.two_step:  # one particle's step(): .grad already holds its final gradient
@@ -644,9 +646,10 @@ class OTMDR(TwoStepAPI, Optimizer):
             # (one buffer less to keep in cache); with several, a buffer of its own (no re-allocation)
             buffer = norm_buffer(progress, 0 if len(self.param_groups) == 1 else "stepped")
             run.check("the gradient that was stepped", P.global_norm(stepped, run.device, buffer, run.layout_of(stepped)))
-        zero = torch.zeros((), dtype=torch.float32, device=run.device)
-        values = [value for _, value in run.checks]
-        params_norm = ratio = found_inf = loss = zero
+        values = [value for _, _, value in run.checks]
+        count = len(values)
+        zero = run.structure.zero
+        params_norm = ratio = zero
         if run.params:
             progress.after_buffers = copy_into(progress.after_buffers, run.params, run.layout)  # (under no_grad)
             after, before = progress.after_buffers.flats, run.theta.flats  # type: ignore[attr-defined]
@@ -655,21 +658,21 @@ class OTMDR(TwoStepAPI, Optimizer):
                 for moved, theta in zip(after, before):
                     moved.sub_(theta)
                 ratio = P.flat_norm(after, run.device) / P.flat_norm(before, run.device).clamp_min(1.0)
-        if run.scaling is not None:
+        values += (params_norm, ratio)
+        if run.scaling is not None:  # (without a scaler nothing is found and the loss at theta plays no part)
             if not self.sync_ascent:
                 run.scaling.agree_across_replicas()
             found_inf = run.scaling.found_inf.to(device=run.device, dtype=torch.float32)
             run.scaling.finish()
-        if run.loss is not None:
-            loss = run.loss.detach()
-        read = _read_back(values + [params_norm, found_inf, loss, ratio], run.device)
-        checks, (params_norm_value, found_inf_value, loss_value, ratio_value) = read[: len(values)], read[len(values):]
+            values += (found_inf, zero if run.loss is None else run.loss.detach())
+        read = _read_back(values, run.device)
+        found_inf_value, loss_value = read[count + 2 :] if run.scaling is not None else (0.0, 0.0)
         return (
-            not all(math.isfinite(v) for v in checks),
-            not math.isfinite(params_norm_value),
+            not all(map(math.isfinite, read[:count])),
+            not math.isfinite(read[count]),
             found_inf_value > 0,
             not math.isfinite(loss_value),
-            float(ratio_value),
+            float(read[count + 1]),
         )
 
     def _too_far(self, update_ratio: float) -> bool:
@@ -688,9 +691,9 @@ class OTMDR(TwoStepAPI, Optimizer):
                 f"({self._lr_text()}); {restored}. Lower the learning rate (check what a scheduler sets)."
             )
         hint = f"{restored}; lower the learning rate or rho, check the data, or use a more stable loss"
-        for what, value in run.checks:
+        for what, args, value in run.checks:
             if not bool(torch.isfinite(value)):
-                raise DivergenceError(f"{what} in {run.where} is not finite ({float(value)}); {hint}")
+                raise DivergenceError(f"{describe(what, args)} in {run.where} is not finite ({float(value)}); {hint}")
         if self._too_far(update_ratio):
             raise DivergenceError(
                 f"{run.where}: the base optimizer's step moved the parameters {update_ratio:.3g} times their norm "
@@ -755,6 +758,11 @@ class OTMDR(TwoStepAPI, Optimizer):
         raise TypeError(f"closure must return the loss as a scalar tensor or number, got {type(value).__name__}")
 
 
+def _loss_of(info: PassInfo) -> str:
+    """The name of a pass's loss in a divergence message (formatted only when one is raised)."""
+    return f"the loss of {OTMDR._describe(info)}"
+
+
 def _with_grad(closure: Callable[[], Any]) -> Callable[[], Any]:
     """``closure`` run with gradients enabled (``step`` itself runs under ``no_grad``). A plain
     wrapper: ``torch.enable_grad()(closure)`` builds a decorated function (``functools.wraps``,
@@ -770,9 +778,12 @@ def _with_grad(closure: Callable[[], Any]) -> Callable[[], Any]:
 def _read_back(values: list[Tensor], device: torch.device) -> list[float]:
     """The values of one-element tensors as floats: one ``stack`` and one ``tolist`` (a single host
     synchronisation) on an accelerator, a ``float`` each on the CPU (no stack to build there)."""
-    if _reads_back_for_free(device) and all(v.device.type == "cpu" for v in values):
-        return [float(v) for v in values]
+    if _reads_back_for_free(device) and all(map(_is_cpu, values)):
+        return list(map(float, values))
     return torch.stack([v.float().reshape(()).to(device) for v in values]).tolist()
+
+
+_is_cpu = attrgetter("is_cpu")
 
 
 def _reads_back_for_free(device: torch.device) -> bool:

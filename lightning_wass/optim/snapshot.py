@@ -15,6 +15,8 @@ costs more than the copy. The buffers of one device and dtype are views of one f
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import chain
+from operator import methodcaller
 from typing import Any
 
 import torch
@@ -24,6 +26,8 @@ from torch.optim import Optimizer
 from lightning_wass.functional.otmdr import flat_views
 
 __all__ = ["Buffers", "StateSnapshot", "copy_into"]
+
+_values = methodcaller("values")
 
 
 def _layout(tensors: Sequence[Tensor]) -> list[tuple[Any, ...]]:
@@ -123,8 +127,10 @@ class StateSnapshot:
             return False
         # ids compared as lists (C loops): the objects of the last save are held here, so their ids
         # cannot have been reused by other objects
-        values = [v for state in optimizer.state.values() for v in state.values()]
-        return list(map(id, values)) == self._value_ids and list(map(id, params)) == self._param_ids
+        values = chain.from_iterable(map(_values, optimizer.state.values()))
+        if list(map(id, values)) != self._value_ids:
+            return False
+        return list(map(id, params)) == self._param_ids
 
     def restore(self, optimizer: Optimizer) -> None:
         """Put the saved state back (state created by the step is removed)."""
