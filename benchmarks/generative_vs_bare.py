@@ -23,6 +23,15 @@ batch size, the same optimizers and the same number of inner steps:
   through the unrolled rollout (``create_graph``), ``KE = sum_k dt mean ||grad U||^2 / (2 alpha^2)``,
   Adam(5e-4, (0.5, 0.9)). Networks: ``U`` 3 x 128 tanh MLP on ``[x, t]``, ``phi`` 3 x 128 ReLU MLP.
 
+Optimizer kernels. Ours build their optimizers with
+:func:`lightning_wass.modules.optimizers.build_optimizer`: torch's **fused** Adam kernel
+(``fused=True``) wherever every parameter supports it (here, float32 on the CPU: always). The
+"bare" loops build ``torch.optim.Adam(...)`` as a user writes it, torch's **default**
+implementation (on a CPU its per-parameter for-loop; ``foreach`` only on CUDA). The same update
+rule (fused Adam agrees to float rounding), not the same kernels: so the table has a second bare
+column, "bare fused", the same bare loop with ``torch.optim.Adam(..., fused=True)``, and its ratio
+``bare fused / ours`` compares equal kernels. ``--no-fused-bare`` leaves that column out.
+
 "ours" is ``Trainer.fit(module, TensorDataModule(x, batch_size=256))`` (logger, checkpointing,
 progress bar, model summary and validation off; everything else as a user gets it: the
 DataLoader and its sampler, Lightning's loop and manual optimization, our divergence guard and
@@ -32,18 +41,18 @@ modules did before; ``lightning_wass.modules.generative``, "What is logged when"
 to the end of the batch that completes step ``warmup + steps`` (a callback reading the module's
 counter). "bare" is the loop a user would write by hand: a ``randperm`` per epoch, slice the batch,
 the same updates with ``torch.Generator``-seeded noise. Both run in this process, alternating
-(ours, bare, ours, bare, ...) over ``--rounds`` rounds so that load from other processes hits
+(ours, bare, bare fused, ours, bare, bare fused, ...) over ``--rounds`` rounds so that load from other processes hits
 both alike; the table gives milliseconds per step from the CPU time of this (single) working
 thread, which approximates an idle machine's wall time and resists other processes' load, the
 wall time beside it, and the median over rounds of the paired ratio ``bare / ours`` (1 = as fast
-as the bare loop; the target is >= 0.9).
+as the bare loop; the target is >= 0.9), for the default-Adam bare loop and the fused-Adam one.
 
 ``--decompose`` also times ours with ``LightningModule.log`` and then also the divergence guard
 replaced by no-ops (a diagnosis of where the time goes, not a setting), and a last line times the
 floor every Lightning module pays (a one-parameter module, one SGD step a batch).
 
 Run:  .venv/bin/python benchmarks/generative_vs_bare.py [--quick] [--threads 1] [--adversarial] [--device cpu]
-      [--only W1W2] [--decompose] [--log-every-n-steps 50]
+      [--only W1W2] [--decompose] [--log-every-n-steps 50] [--no-fused-bare]
 Writes benchmarks/results/generative_vs_bare.json (git-ignored).
 """
 
@@ -204,6 +213,12 @@ class Batches:
         return self.x[index]
 
 
+def adam_kernel(fused: bool) -> dict[str, bool]:
+    """``torch.optim.Adam``'s options for the bare loops: ``{}`` (torch's default implementation, as
+    a user writes it) or ``{"fused": True}`` (the kernel ours use: the "bare fused" column)."""
+    return {"fused": True} if fused else {}
+
+
 def grad_norms(f: Callable[[Tensor], Tensor], points: Tensor) -> Tensor:
     """``||grad_x f(x_i)||`` with the graph kept (a penalty)."""
     points = points.detach().requires_grad_(True)
@@ -223,10 +238,10 @@ def time_loop(step: Callable[[], None], warmup: int, steps: int, device: torch.d
 
 
 # ---------------------------------------------------------------------------------- bare: WGAN-GP
-def bare_wgan(template: WGAN, x: Tensor, device: torch.device) -> Callable[[], None]:
+def bare_wgan(template: WGAN, x: Tensor, device: torch.device, fused: bool = False) -> Callable[[], None]:
     G, f = copy.deepcopy(template.generator).to(device), copy.deepcopy(template.critic).to(device)
-    opt_g = torch.optim.Adam(G.parameters(), lr=1e-4, betas=(0.5, 0.9))
-    opt_c = torch.optim.Adam(f.parameters(), lr=1e-4, betas=(0.5, 0.9))
+    opt_g = torch.optim.Adam(G.parameters(), lr=1e-4, betas=(0.5, 0.9), **adam_kernel(fused))
+    opt_c = torch.optim.Adam(f.parameters(), lr=1e-4, betas=(0.5, 0.9), **adam_kernel(fused))
     batches, g, latent = Batches(x, device), torch.Generator(device).manual_seed(1), template.latent_dim
 
     def score(v: Tensor) -> Tensor:
@@ -252,13 +267,13 @@ def bare_wgan(template: WGAN, x: Tensor, device: torch.device) -> Callable[[], N
 
 
 # ---------------------------------------------------------------------------------- bare: W2-FE
-def bare_w2fe(template: W2GradientFlow, x: Tensor, device: torch.device) -> Callable[[], None]:
+def bare_w2fe(template: W2GradientFlow, x: Tensor, device: torch.device, fused: bool = False) -> Callable[[], None]:
     G = copy.deepcopy(template.generator).to(device)
-    opt_g = torch.optim.Adam(G.parameters(), lr=1e-3, betas=(0.9, 0.999))
+    opt_g = torch.optim.Adam(G.parameters(), lr=1e-3, betas=(0.9, 0.999), **adam_kernel(fused))
     adversarial = template.transport == "adversarial"
     if adversarial:
         phi, eps_net = copy.deepcopy(template.potential).to(device), copy.deepcopy(template.potential_correction).to(device)
-        opt_p = torch.optim.Adam([*phi.parameters(), *eps_net.parameters()], lr=3e-3)
+        opt_p = torch.optim.Adam([*phi.parameters(), *eps_net.parameters()], lr=3e-3, **adam_kernel(fused))
     batches, g, latent = Batches(x, device), torch.Generator(device).manual_seed(1), template.latent_dim
     uniform = torch.full((BATCH,), 1.0 / BATCH, dtype=torch.float64)
 
@@ -297,10 +312,10 @@ def bare_w2fe(template: W2GradientFlow, x: Tensor, device: torch.device) -> Call
 
 
 # ---------------------------------------------------------------------------------- bare: W1 (+) W2 proximal flow
-def bare_proximal(template: W1W2ProximalFlow, x: Tensor, device: torch.device) -> Callable[[], None]:
+def bare_proximal(template: W1W2ProximalFlow, x: Tensor, device: torch.device, fused: bool = False) -> Callable[[], None]:
     U, phi = copy.deepcopy(template.potential).to(device), copy.deepcopy(template.discriminator).to(device)
-    opt_phi = torch.optim.Adam(phi.parameters(), lr=1e-4, betas=(0.5, 0.9))
-    opt_u = torch.optim.Adam(U.parameters(), lr=5e-4, betas=(0.5, 0.9))
+    opt_phi = torch.optim.Adam(phi.parameters(), lr=1e-4, betas=(0.5, 0.9), **adam_kernel(fused))
+    opt_u = torch.optim.Adam(U.parameters(), lr=5e-4, betas=(0.5, 0.9), **adam_kernel(fused))
     batches, g = Batches(x, device), torch.Generator(device).manual_seed(1)
     K, T, alpha = 5, 1.0, 0.1
     dt = T / K
@@ -386,6 +401,8 @@ def main() -> None:
     parser.add_argument("--decompose", action="store_true", help="also time ours without self.log, and without self.log and the guard")
     parser.add_argument("--log-every-n-steps", type=int, default=50,
                         help="the Trainer's log_every_n_steps for ours (default 50, Lightning's; 1 = log every batch)")
+    parser.add_argument("--no-fused-bare", action="store_true",
+                        help="leave out the bare loop with fused Adam (the 'bare fused' column)")
     args = parser.parse_args()
     global LOG_EVERY_N_STEPS
     LOG_EVERY_N_STEPS = args.log_every_n_steps
@@ -393,26 +410,39 @@ def main() -> None:
     device = torch.device(args.device)
     warmup, steps = (3, 10) if args.quick else (5, 40)
     rounds = args.rounds or (2 if args.quick else 5)
+    fused_bare = not args.no_fused_bare
     x = eight_gaussians(64 * 1024)
     meta = {
         "torch": torch.__version__, "lightning": pl.__version__, "python": platform.python_version(),
         "machine": platform.machine(), "threads": args.threads, "device": str(device), "batch": BATCH,
         "warmup_steps": warmup, "timed_steps": steps, "rounds": rounds, "quick": args.quick,
         "log_every_n_steps": args.log_every_n_steps,
+        "optimizers": {
+            "ours": "lightning_wass.modules.optimizers.build_optimizer: torch.optim.Adam(fused=True) where supported",
+            "bare": "torch.optim.Adam with torch's default implementation (no fused / foreach argument)",
+            "bare_fused": "torch.optim.Adam(fused=True)" if fused_bare else None,
+        },
     }
     print(f"ms per step from this thread's CPU time (wall beside it); batch {BATCH}, {args.threads} thread(s), "
           f"{device}, {steps} timed steps after {warmup}, {rounds} rounds, log_every_n_steps {args.log_every_n_steps}; "
           "ratio = bare / ours (target >= 0.9)")
-    print(f"{'case':<92} {'ours ms':>8} {'bare ms':>8} {'ratio':>6} | {'wall ours':>9} {'wall bare':>9} {'ratio':>6}")
+    print("optimizers: ours = torch.optim.Adam(fused=True) where supported (build_optimizer; here always); "
+          "bare = torch.optim.Adam, torch's default implementation"
+          + ("; bare fused = torch.optim.Adam(fused=True), the same kernel as ours" if fused_bare else ""))
+    fused_head = f" {'bare fused':>10} {'ratio':>6}" if fused_bare else ""
+    print(f"{'case':<92} {'ours ms':>8} {'bare ms':>8} {'ratio':>6}{fused_head} | {'wall ours':>9} {'wall bare':>9} {'ratio':>6}")
     rows = []
     for case in [c for c in cases(args.adversarial) if c["name"].startswith(args.only)]:
-        ours, bare, parts = [], [], {"no_log": [], "no_log_no_guard": []}
+        ours, bare, bare_fused, parts = [], [], [], {"no_log": [], "no_log_no_guard": []}
         for r in range(rounds):
             pl.seed_everything(r, verbose=False)
             template = case["build"]()
             bare_step = case["bare"](template, x, device)
+            fused_step = case["bare"](template, x, device, fused=True) if fused_bare else None
             ours.append(time_ours(copy.deepcopy(template), case["counter"], x, warmup, steps, device))
             bare.append(time_loop(bare_step, warmup, steps, device))
+            if fused_step is not None:
+                bare_fused.append(time_loop(fused_step, warmup, steps, device))
             if args.decompose:
                 for name, guard in (("no_log", False), ("no_log_no_guard", True)):
                     with switched_off(log=True, guard=guard):
@@ -425,12 +455,21 @@ def main() -> None:
             "ratio_wall": statistics.median(b[0] / o[0] for o, b in zip(ours, bare)),
             "ours_all": ours, "bare_all": bare,
         }
+        if bare_fused:
+            row.update({
+                "bare_fused_ms_cpu": statistics.median(b[1] for b in bare_fused),
+                "ratio_fused_cpu": statistics.median(b[1] / o[1] for o, b in zip(ours, bare_fused)),
+                "bare_fused_ms_wall": statistics.median(b[0] for b in bare_fused),
+                "ratio_fused_wall": statistics.median(b[0] / o[0] for o, b in zip(ours, bare_fused)),
+                "bare_fused_all": bare_fused,
+            })
         if args.decompose:
             row.update({f"ours_{k}_ms_cpu": statistics.median(v[1] for v in vs) for k, vs in parts.items()})
             row["decompose_all"] = parts
         rows.append(row)
+        fused_cells = f" {row['bare_fused_ms_cpu']:>10.2f} {row['ratio_fused_cpu']:>6.3f}" if bare_fused else ""
         print(
-            f"{case['name']:<92} {row['ours_ms_cpu']:>8.2f} {row['bare_ms_cpu']:>8.2f} {row['ratio_cpu']:>6.3f} | "
+            f"{case['name']:<92} {row['ours_ms_cpu']:>8.2f} {row['bare_ms_cpu']:>8.2f} {row['ratio_cpu']:>6.3f}{fused_cells} | "
             f"{row['ours_ms_wall']:>9.2f} {row['bare_ms_wall']:>9.2f} {row['ratio_wall']:>6.3f}",
             flush=True,
         )
