@@ -66,16 +66,36 @@ def potential_gradient(potential: Potential, x: Tensor, t: Tensor | float, *, cr
     on (inside Lightning's evaluation loop wrap the call in ``torch.inference_mode(False)`` and
     ``torch.enable_grad()``).
     """
-    if not torch.is_grad_enabled():
-        raise RuntimeError(
-            "potential_gradient needs autograd: call it under torch.enable_grad() (and "
-            "torch.inference_mode(False) inside a Lightning evaluation loop)"
-        )
+    _require_autograd("potential_gradient")
     check_tensor("x", x, shape="(N, *data_shape)", allow_empty=True, allow_integer=False, finite=False)
     if not create_graph or not x.requires_grad:
         x = x.detach().requires_grad_(True)
     u = evaluate_potential(potential, x, t)
     (grad,) = torch.autograd.grad(u.sum(), x, create_graph=create_graph)
+    return grad if create_graph else grad.detach()
+
+
+def _require_autograd(who: str) -> None:
+    if not torch.is_grad_enabled():
+        raise RuntimeError(
+            f"{who} needs autograd: call it under torch.enable_grad() (and "
+            "torch.inference_mode(False) inside a Lightning evaluation loop)"
+        )
+
+
+def _gradient(potential: Potential, x: Tensor, t: Tensor, create_graph: bool) -> Tensor:
+    """:func:`potential_gradient` for an ``x`` and a potential already checked, and ``t`` a
+    ``(N,)`` tensor of times: the potential's output must still hold one value per sample."""
+    if not create_graph or not x.requires_grad:
+        x = x.detach().requires_grad_(True)
+    out = potential(x, t)
+    n = x.shape[0]
+    if out.numel() != n:
+        raise ValueError(
+            f"the potential must return one value per sample (shape (N,) or (N, 1)); got shape "
+            f"{tuple(out.shape)} for N = {n}"
+        )
+    (grad,) = torch.autograd.grad(out.reshape(n).sum(), x, create_graph=create_graph)
     return grad if create_graph else grad.detach()
 
 
@@ -128,12 +148,18 @@ def euler_rollout(
     alpha = check_positive("alpha", alpha)
     check_callable("potential", potential)
     check_tensor("x0", x0, shape="(N, *data_shape)", item="sample", allow_integer=False, finite=False)
+    _require_autograd("euler_rollout")
     dt = T / num_steps
     x = x0 if create_graph else x0.detach()
+    n = x.shape[0]
     states, gradients, times = [x], [], []
     for k in range(num_steps):
         t = k * dt
-        grad = potential_gradient(potential, x, t, create_graph=create_graph)
+        # what potential_gradient(potential, x, t) does, with the checks of x and the potential made
+        # once above (x_k has x0's shape, dtype and device by construction); the output's shape is
+        # still checked at every step
+        times_k = torch.full((n,), t, device=x.device, dtype=x.dtype)
+        grad = _gradient(potential, x, times_k, create_graph)
         x = x - (dt / alpha) * grad
         if not create_graph:
             x = x.detach()
