@@ -29,6 +29,7 @@ the backward pass, at many times the cost, and restore nothing.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -62,8 +63,20 @@ def rms_norm(x: Tensor) -> Tensor:
 
 def rms_ratio(x: Tensor, reference: Tensor) -> Tensor:
     """``rms_norm(x) / rms_norm(reference)``: how far samples spread compared with a data batch
-    (the quantity the modules' ``sample_spread_bound`` limits)."""
-    return rms_norm(x) / rms_norm(reference).clamp_min(1e-12)
+    (the quantity the modules' ``sample_spread_bound`` limits).
+
+    Computed as ``||x||_F / sqrt(n)`` per batch (``sqrt(mean_i ||x_i||^2) = ||x||_F / sqrt(n)``): one
+    norm kernel a batch instead of five; equal to the ``rms_norm`` quotient up to float rounding."""
+    return _frobenius_rms(x) / _frobenius_rms(reference).clamp_min(1e-12)
+
+
+def _frobenius_rms(x: Tensor) -> Tensor:
+    """:func:`rms_norm` as ``||x||_F / sqrt(n)`` (NaN for an empty batch, as the mean over none)."""
+    x = x.detach()
+    if x.dtype not in (torch.float32, torch.float64):
+        x = x.float()
+    n = x.shape[0] if x.dim() > 0 else 1
+    return torch.linalg.vector_norm(x) / math.sqrt(n) if n > 0 else x.new_full((), math.nan)
 
 
 @dataclass
@@ -105,7 +118,7 @@ class StepCheck:
         self._updates: dict[str, _Update] = {}
         self._owner = owner
         self._counters = {name: getattr(owner, name) for name in counters} if owner is not None else {}
-        self._progress = [(p, p.state_dict()) for p in _step_progress(owner)]
+        self._progress = [(p, _fields(p)) for p in _step_progress(owner)]
         # buffers a forward pass changes (BatchNorm statistics and batch counter, spectral norm's vectors)
         self._module_buffers = list(owner.buffers()) if isinstance(owner, torch.nn.Module) else []
         if self._module_buffers:
@@ -140,8 +153,9 @@ class StepCheck:
         optimizer = base_optimizer(optimizer)
         params = [p for group in optimizer.param_groups for p in group["params"]]
         buffers = self.guard._buffers.setdefault(name, _Buffers())
-        buffers.params = copy_into(buffers.params, [p.detach() for p in params])
-        buffers.state.save(optimizer, params)
+        with torch.no_grad():
+            buffers.params = copy_into(buffers.params, params)
+            buffers.state.save(optimizer, params)
         self._updates[name] = _Update(name, optimizer, params, buffers.params, buffers.state, hint, len(self._flags), buffers)
         if self._device is None and params:
             self._device = params[0].device
@@ -171,8 +185,8 @@ class StepCheck:
             return []
         ratio_bound = self.guard.max_update_ratio
         kept = update.buffers
-        with torch.no_grad():
-            kept.after = copy_into(kept.after, [p.detach() for p in update.params])
+        with torch.no_grad():  # (copies read the parameters as they are: no detached aliases needed)
+            kept.after = copy_into(kept.after, update.params)
         after_flats, before_flats = kept.after.flats, update.before.flats  # type: ignore[attr-defined]
         flags = [_Flag(
             f"the {update.name}'s parameters", ~torch.isfinite(_norm(after_flats)),
@@ -223,7 +237,7 @@ class StepCheck:
         for name, value in self._counters.items():
             setattr(self._owner, name, value)
         for progress, state in self._progress:
-            progress.load_state_dict(state)
+            _put_back(progress, state)
 
 
 def _norm(flats: Sequence[Tensor]) -> Tensor:
@@ -236,6 +250,35 @@ def _norm(flats: Sequence[Tensor]) -> Tensor:
     if len(norms) == 1:
         return norms[0]
     return torch.stack([n.to(norms[0].device) for n in norms]).norm()
+
+
+class _Fields(list):
+    """The saved fields of one dataclass: ``(name, value)`` pairs, a nested one as ``_Fields``."""
+
+
+_PLAIN = (int, float, bool, str, type(None))
+
+
+def _fields(obj: Any) -> _Fields:
+    """Every field of the dataclass ``obj`` (Lightning's progress trackers), nested dataclasses
+    included: what ``obj.state_dict()`` (``dataclasses.asdict``) holds, read without building
+    and deep-copying dictionaries (values other than numbers and strings are deep-copied)."""
+    saved = _Fields()
+    for name, value in vars(obj).items():
+        if hasattr(value, "__dataclass_fields__"):
+            saved.append((name, _fields(value)))
+        else:
+            saved.append((name, value if isinstance(value, _PLAIN) else copy.deepcopy(value)))
+    return saved
+
+
+def _put_back(obj: Any, saved: _Fields) -> None:
+    """Restore what :func:`_fields` saved, into the same objects."""
+    for name, value in saved:
+        if isinstance(value, _Fields):
+            _put_back(getattr(obj, name), value)
+        else:
+            setattr(obj, name, value)
 
 
 def _step_progress(owner: Any) -> list[Any]:
