@@ -20,6 +20,11 @@ It gives every one of them, written once:
   processes: a single-device run skips it, the update is the same);
 - **training figures logged on Lightning's log steps** (:meth:`GenerativeModule.log_train_metrics`,
   see "What is logged when" below);
+- **the backward and the optimizer step** (:meth:`GenerativeModule.run_backward`,
+  :meth:`GenerativeModule.step_optimizer`): ``manual_backward(loss)`` and ``optimizer.step()``,
+  or, where Lightning's wrappers around them add nothing (one device, 32/64-bit precision, no
+  profiler, no overridden backward hooks: :meth:`GenerativeModule.direct_lightning_path`), what
+  those wrappers then do, without their layers of calls;
 - **divergence reporting through the guard** (:mod:`lightning_wass.guard`):
   :meth:`GenerativeModule.guarded_step`, :meth:`~GenerativeModule.check_finite`,
   :meth:`~GenerativeModule.check_batch`, :meth:`~GenerativeModule.check_samples`.
@@ -63,7 +68,10 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.plugins.precision import DoublePrecision, Precision
+from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.strategies import SingleDeviceStrategy
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor, nn
 
 from lightning_wass.callbacks.evaluation import draw_samples, exact_distances
@@ -82,6 +90,10 @@ __all__ = [
     "default_latent_dim",
     "infer_latent_dim",
 ]
+
+LIGHTNING_STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
+"""The Lightning hooks ``manual_backward`` and ``LightningOptimizer.step`` call around a backward
+and an optimizer step (see :meth:`GenerativeModule.direct_lightning_path`)."""
 
 COUNTERS_KEY = "lightning_wass_counters"
 """The checkpoint key under which every generative module saves its counters (``{name: int}``)."""
@@ -197,6 +209,55 @@ class GenerativeModule(CheckpointedModule, pl.LightningModule):
         its ops, a few per parameter in the forward and the backward.
         """
         return loss + self.zero_touch(*modules) if self.reduces_gradients() else loss
+
+    # ------------------------------------------------------------------ backward and optimizer step
+    def direct_lightning_path(self) -> bool:
+        """Whether :meth:`run_backward` and :meth:`step_optimizer` may skip Lightning's wrappers.
+
+        They then do exactly what the wrappers do in that case: ``loss.backward()``, and the base
+        optimizer's step between the manual loop's step counters (``global_step``). That holds when
+        no wrapper adds anything: one device (no DDP gradient hooks), plain 32- or 64-bit precision
+        (no loss scaling, no autocast of the backward), Lightning's do-nothing profiler, and neither
+        this module nor a callback overriding ``backward`` / ``manual_backward`` or one of
+        :data:`LIGHTNING_STEP_HOOKS`. Decided once per Trainer and callback list.
+        """
+        trainer = self._trainer
+        if trainer is None:
+            return False
+        key = (id(trainer), tuple(map(id, trainer.callbacks)))
+        cached = self.__dict__.get("_direct_path_key")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        direct = (
+            type(trainer.strategy) is SingleDeviceStrategy
+            and type(trainer.precision_plugin) in (Precision, DoublePrecision)
+            and type(trainer.profiler) is PassThroughProfiler
+            and type(self).manual_backward is pl.LightningModule.manual_backward
+            and not any(is_overridden(hook, self) for hook in ("backward", *LIGHTNING_STEP_HOOKS))
+            and not any(is_overridden(hook, callback) for callback in trainer.callbacks for hook in LIGHTNING_STEP_HOOKS)
+            and all(hasattr(opt, "_on_before_step") and hasattr(opt, "_on_after_step") for opt in trainer.strategy._lightning_optimizers)
+        )
+        self.__dict__["_direct_path_key"] = (key, direct)
+        return direct
+
+    def run_backward(self, loss: Tensor) -> None:
+        """``self.manual_backward(loss)``, or ``loss.backward()`` where that is all it does
+        (:meth:`direct_lightning_path`)."""
+        if self.direct_lightning_path():
+            loss.backward()
+        else:
+            self.manual_backward(loss)
+
+    def step_optimizer(self, optimizer: Any) -> None:
+        """``optimizer.step()`` of a ``LightningOptimizer`` (counted in ``global_step``), or, where
+        Lightning's wrappers add nothing (:meth:`direct_lightning_path`), what that step then does:
+        the loop's step counter before and after the base optimizer's step."""
+        if self.direct_lightning_path() and hasattr(optimizer, "_on_before_step"):
+            optimizer._on_before_step()
+            optimizer.optimizer.step()
+            optimizer._on_after_step()
+        else:
+            optimizer.step()
 
     # ------------------------------------------------------------------ training figures
     def on_fit_start(self) -> None:

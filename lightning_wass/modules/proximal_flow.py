@@ -431,9 +431,9 @@ class W1W2ProximalFlow(GenerativeModule):
         opt_phi.zero_grad(set_to_none=True)
         # The potential is not in this graph: give it exact zero gradients so that DDP's reducer
         # (find_unused_parameters=False, the default) completes; the update is unchanged.
-        self.manual_backward(self.touch_unused(parts["loss"], self.potential))
+        self.run_backward(self.touch_unused(parts["loss"], self.potential))
         check.update("discriminator", opt_phi, f"lower lr_discriminator (now {self.lr_discriminator:g}); " + self.divergence_hint())
-        opt_phi.step()
+        self.step_optimizer(opt_phi)
         self.critic_step += 1
         logs: dict[str, Tensor | float] = {
             "train/divergence": parts["divergence"].detach(),
@@ -448,9 +448,9 @@ class W1W2ProximalFlow(GenerativeModule):
             opt_u.zero_grad(set_to_none=True)
             # The loss reaches phi too (x_T goes through it; discarded below) but not the potential's
             # output bias (only grad_x U enters the flow): zero-touch it for DDP's reducer.
-            self.manual_backward(self.touch_unused(parts_u["loss"], self.potential))
+            self.run_backward(self.touch_unused(parts_u["loss"], self.potential))
             check.update("potential", opt_u, f"lower lr_potential (now {self.lr_potential:g}); " + self.divergence_hint())
-            opt_u.step()
+            self.step_optimizer(opt_u)
             opt_phi.zero_grad(set_to_none=True)
             self.generator_step += 1
             logs["train/kinetic_energy"] = parts_u["kinetic_energy"].detach()

@@ -252,8 +252,8 @@ class W2GradientFlow(LatentGenerativeModule):
             loss = loss_fn()
             self.check_finite(what, loss, hint)
             opt.zero_grad(set_to_none=True)
-            self.manual_backward(self.touch_unused(loss, self.generator))
-            opt.step()
+            self.run_backward(self.touch_unused(loss, self.generator))
+            self.step_optimizer(opt)
 
     def regression_loss(self, output: Tensor, targets: Tensor) -> Tensor:
         """``(1/2) mean_i ||G(z_i) - y_hat_i||^2``."""
@@ -283,8 +283,8 @@ class W2GradientFlow(LatentGenerativeModule):
                 self.check_finite("the regression loss", loss, hint)
                 opt_g.zero_grad(set_to_none=True)
                 # Only the generator is in this graph; zero_touch keeps DDP's reducer complete for phi.
-                self.manual_backward(self.touch_unused(loss, *extra) if extra else loss)
-                opt_g.step()
+                self.run_backward(self.touch_unused(loss, *extra) if extra else loss)
+                self.step_optimizer(opt_g)
                 self.generator_step += 1
                 first = loss.detach() if first is None else first
                 last = loss.detach()

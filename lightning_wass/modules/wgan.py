@@ -219,9 +219,9 @@ class WGAN(LatentGenerativeModule):
             self.check_finite("the critic loss", loss_c, self.critic_hint())
             opt_c.zero_grad(set_to_none=True)
             # The generator is not in this graph; under DDP zero_touch gives it zero gradients so the reducer completes.
-            self.manual_backward(self.touch_unused(loss_c, self.generator))
+            self.run_backward(self.touch_unused(loss_c, self.generator))
             check.update("critic", opt_c, self.critic_hint())
-            opt_c.step()
+            self.step_optimizer(opt_c)
             if self.lipschitz == "clip":
                 clip_weights(self.critic.parameters(), self.clip_value)
             self.critic_step += 1
@@ -234,9 +234,9 @@ class WGAN(LatentGenerativeModule):
                 self.check_finite("the generator loss", loss_g, hint)
                 self.check_samples(fake, real, hint)
                 opt_g.zero_grad(set_to_none=True)
-                self.manual_backward(loss_g)  # reaches the critic too (it is in the graph); its grads are discarded
+                self.run_backward(loss_g)  # reaches the critic too (it is in the graph); its grads are discarded
                 check.update("generator", opt_g, hint)
-                opt_g.step()
+                self.step_optimizer(opt_g)
                 opt_c.zero_grad(set_to_none=True)
                 self.generator_step += 1
         if stepped_generator:
