@@ -224,7 +224,12 @@ class GenerativeModule(CheckpointedModule, pl.LightningModule):
         trainer = self._trainer
         if trainer is None:
             return False
-        key = (id(trainer), tuple(map(id, trainer.callbacks)))
+        # ids only (the module stays picklable); the types too, so that a later Trainer that reuses
+        # a freed one's address is not mistaken for it unless it is built alike
+        key = (
+            id(trainer), id(type(trainer.strategy)), id(type(trainer.precision_plugin)), id(type(trainer.profiler)),
+            tuple(map(id, trainer.callbacks)),
+        )
         cached = self.__dict__.get("_direct_path_key")
         if cached is not None and cached[0] == key:
             return cached[1]
