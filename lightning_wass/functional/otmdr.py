@@ -73,6 +73,8 @@ class FlatBuffer:
 
 def flat_norm(flats: Sequence[Tensor], device: torch.device) -> Tensor:
     """``||(f_1, ..., f_n)||_2`` of flat tensors, a 0-d float32 tensor on ``device``."""
+    if len(flats) == 1 and device.type == "cpu" and flats[0].is_cpu:  # (one CPU flat tensor: the usual case)
+        return torch.linalg.vector_norm(flats[0], 2, dtype=torch.float32)
     norms = [torch.linalg.vector_norm(f, 2, dtype=torch.float32) for f in flats]
     if len(norms) == 1 and norms[0].device == device:
         return norms[0]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
+from types import FunctionType
 from typing import Any
 
 import torch
@@ -51,6 +52,8 @@ def is_lightning_accumulation(closure: Callable[[], Any]) -> bool:
     Lightning hands it to the optimizer through ``functools.partial`` wrappers of its precision
     plugins; inside an accumulation window it does not clear the gradients by design.
     """
+    if type(closure) is FunctionType:  # a plain function is neither Lightning's Closure nor a partial of one
+        return False
     stack: list[Any] = [closure]
     for _ in range(32):
         if not stack:

@@ -29,6 +29,7 @@ Grads = list[Tensor | None]
 #: ``(shape, dtype, device)`` of a tensor, read by a C loop (``map``) instead of a comprehension
 layout_of_tensor = attrgetter("shape", "dtype", "device")
 _grad_of = attrgetter("grad")
+_data_ptr = Tensor.data_ptr
 
 
 def has_none(values: list[Any]) -> bool:
@@ -64,7 +65,9 @@ class Structure:
     It stands while the optimizer holds the same ``param_groups`` list, the same group dicts in it,
     each with the same ``params`` list holding the same parameters (compared by id), the same
     ``perturb`` flags and every parameter keeps its shape, dtype and device (``p.data = ...`` may
-    change them). :meth:`matches` checks all of that at the start of every step, so
+    change them: that gives the parameter new storage, whose data pointer :meth:`matches` compares,
+    and a new pointer makes it compare the layout itself). :meth:`matches` checks all of that at the
+    start of every step, so
     ``add_param_group``, ``load_state_dict`` (new groups), a parameter replaced or added in a group's
     list, a group's ``perturb`` flag set, or ``model.half()`` after construction rebuild it. What
     changes from step to step (which parameters have a gradient, ``rho``, ``adaptive``, the noise) is
@@ -81,6 +84,7 @@ class Structure:
         self.ids = list(map(id, self.params))
         self.id_set = frozenset(self.ids)  # for the BatchNorm freeze (see norm_stats.frozen_running_stats)
         self.layout = list(map(layout_of_tensor, self.params))
+        self.pointers = list(map(_data_ptr, self.params))
         #: ``(index, group, start, stop)`` of each perturbed group: its parameters are ``params[start:stop]``
         self.perturbed_groups: list[tuple[int, dict[str, Any], int, int]] = []
         start = 0
@@ -92,6 +96,8 @@ class Structure:
         self.all_perturbable = len(self.perturbable_index) == len(self.params)
         self.perturbable = self.params if self.all_perturbable else [self.params[i] for i in self.perturbable_index]
         self.device = self.params[0].device if self.params else torch.device("cpu")
+        #: every parameter on the CPU (their devices are part of the layout, checked every step)
+        self.all_cpu = all(p.device.type == "cpu" for p in self.params)
         #: a 0-d float32 zero on the device (read, never written: the value of a check that has none)
         self.zero = torch.zeros((), dtype=torch.float32, device=self.device)
         self._theta: list[Tensor] | None = None
@@ -115,7 +121,15 @@ class Structure:
             params = [p for group_params in self.param_lists for p in group_params]
             if list(map(id, params)) != self.ids:
                 return False
-        return list(map(layout_of_tensor, params)) == self.layout
+        # a parameter whose storage is replaced (p.data = ..., model.half(), .to(device)) has a new data
+        # pointer: then the whole layout is read again (cheaper than reading it every step)
+        pointers = list(map(_data_ptr, params))
+        if pointers == self.pointers:
+            return True
+        if list(map(layout_of_tensor, params)) != self.layout:
+            return False
+        self.pointers = pointers  # new storage of the same layout (p.data = p.data.clone()): still this structure
+        return True
 
     def theta_perturbable(self, theta: list[Tensor]) -> list[Tensor]:
         """The entries of ``theta`` (aligned with :attr:`params`) of the perturbable parameters."""

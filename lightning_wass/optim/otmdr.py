@@ -448,8 +448,12 @@ class OTMDR(TwoStepAPI, Optimizer):
                 term_lists = [[term[i] for i in live] for term in direction_terms]
             t = P.scaling(ps, group["adaptive"], group["adaptive_eta"])
             buffer = norm_buffer(self._progress, j)  # a flat copy reused step after step (CPU)
-            layout = run.layout_of(grads, start) if run is not None and t is None else None
-            group_squares = P.sum_of_squares(grads, t, device, buffer, layout)  # type: ignore[misc]
+            if t is None and structure.all_cpu and grads:  # sum_of_squares' CPU path, without its frames
+                layout = run.layout_of(grads, start) if run is not None else None
+                group_squares = P.flat_norm(buffer.load(grads, layout), device).square()
+            else:
+                layout = run.layout_of(grads, start) if run is not None and t is None else None
+                group_squares = P.sum_of_squares(grads, t, device, buffer, layout)  # type: ignore[misc]
             squares = group_squares if squares is None else squares + group_squares
             radius = options.group_radius(group, j, ascent_step, self.ascent_steps) * direction_scale
             work.append((j, group, ps, term_lists, t, radius))
@@ -467,26 +471,33 @@ class OTMDR(TwoStepAPI, Optimizer):
     # ------------------------------------------------------------------ one pass
     def _pass(self, run: StepRun, closure: Callable[[], Any], info: PassInfo, ascent: bool) -> Tensor:
         """Evaluate the closure once: gradients reset to the entry ones, unscaled, checked."""
-        self._progress.current_pass = info
-        if run.has_entry_gradients:
-            for p, g in zip(run.params, run.entry):
+        progress = self._progress
+        progress.current_pass = info
+        params = run.params
+        has_entry = run.has_entry_gradients
+        if has_entry:
+            for p, g in zip(params, run.entry):
                 p.grad = None if g is None else g.clone()
         elif run.pass_count:  # (before the first pass .grad is the entry: all None already)
-            for p in run.params:
+            for p in params:
                 p.grad = None
         run.pass_count += 1
-        classify = info.index == 0 and run.has_entry_gradients
+        classify = has_entry and info.index == 0
         if classify:  # weak references: a strong one would make autograd accumulate out of place
-            zero_grad_calls = self._progress.zero_grad_calls
-            handed = [None if p.grad is None else weakref.ref(p.grad) for p in run.params]
-        if run.scaling is not None:
-            run.scaling.begin_pass()
-        with self._ascent_context()() if ascent else nullcontext():
+            zero_grad_calls = progress.zero_grad_calls
+            handed = [None if p.grad is None else weakref.ref(p.grad) for p in params]
+        scaled = run.scaling
+        if scaled is not None:
+            scaled.begin_pass()
+        if ascent and not self.sync_ascent:
+            with self._ascent_context()():
+                value = closure()
+        else:
             value = closure()
         if classify:
-            self._classify_entry(run, self._progress.zero_grad_calls != zero_grad_calls, handed)
-        if run.scaling is not None:
-            run.scaling.unscale_pass()
+            self._classify_entry(run, progress.zero_grad_calls != zero_grad_calls, handed)
+        if scaled is not None:
+            scaled.unscale_pass()
         loss = self._as_loss(value)
         run.check(_loss_of, loss, info)
         if run.kept.active:
@@ -616,7 +627,7 @@ class OTMDR(TwoStepAPI, Optimizer):
             for p, g in zip(run.params, final):
                 p.grad = g
         snapshot = self._progress.state_snapshot
-        snapshot.save(self.base_optimizer, run.params)
+        snapshot.save(self.base_optimizer, run.params, run.structure.ids)
         self.base_optimizer.step()
         bad_checks, bad_params, found_inf, bad_loss, update_ratio = self._verdict(run, present)
         if found_inf and not bad_loss:
@@ -645,7 +656,12 @@ class OTMDR(TwoStepAPI, Optimizer):
             # scratch space: with one group the ascent's flat copy has this layout too, so share it
             # (one buffer less to keep in cache); with several, a buffer of its own (no re-allocation)
             buffer = norm_buffer(progress, 0 if len(self.param_groups) == 1 else "stepped")
-            run.check("the gradient that was stepped", P.global_norm(stepped, run.device, buffer, run.layout_of(stepped)))
+            layout = run.layout_of(stepped)
+            if run.structure.all_cpu:  # global_norm's CPU path, without its frames
+                stepped_norm = P.flat_norm(buffer.load(stepped, layout), run.device)
+            else:
+                stepped_norm = P.global_norm(stepped, run.device, buffer, layout)
+            run.check("the gradient that was stepped", stepped_norm)
         values = [value for _, _, value in run.checks]
         count = len(values)
         zero = run.structure.zero

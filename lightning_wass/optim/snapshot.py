@@ -85,11 +85,16 @@ class StateSnapshot:
         self._values: list[Any] = []
         self._value_ids: list[int] = []
         self._param_ids: list[int] = []
+        self._param_ids_given: list[int] | None = None
         self._state_count = 0
 
-    def save(self, optimizer: Optimizer, params: Sequence[Tensor]) -> None:
-        """Remember ``optimizer.state[p]`` for every ``p`` (tensors copied, other values kept as they are)."""
-        if self._unchanged(optimizer, params):
+    def save(self, optimizer: Optimizer, params: Sequence[Tensor], param_ids: list[int] | None = None) -> None:
+        """Remember ``optimizer.state[p]`` for every ``p`` (tensors copied, other values kept as they are).
+
+        ``param_ids``: ``list(map(id, params))`` when the caller keeps it and never changes it (a new
+        list for other parameters); the same list object as at the last save then stands for the
+        same parameters without comparing them."""
+        if self._unchanged(optimizer, params, param_ids):
             torch._foreach_copy_(self._buffers, self._sources)  # type: ignore[arg-type]
             return
         wanted = {id(p) for p in params}
@@ -117,9 +122,10 @@ class StateSnapshot:
         self._values = [v for state in optimizer.state.values() for v in state.values()]
         self._value_ids = list(map(id, self._values))
         self._param_ids = list(map(id, self._params))
+        self._param_ids_given = param_ids
         self._state_count = len(optimizer.state)
 
-    def _unchanged(self, optimizer: Optimizer, params: Sequence[Tensor]) -> bool:
+    def _unchanged(self, optimizer: Optimizer, params: Sequence[Tensor], param_ids: list[int] | None = None) -> bool:
         """Whether the state holds the same objects, in the same order, as at the last save, for the
         same parameters: then the saved layout stands and only the tensors' values need copying.
         (Every value is compared, so a non-tensor value, which a step replaces, takes the full path.)"""
@@ -130,6 +136,8 @@ class StateSnapshot:
         values = chain.from_iterable(map(_values, optimizer.state.values()))
         if list(map(id, values)) != self._value_ids:
             return False
+        if param_ids is not None and param_ids is self._param_ids_given:
+            return True
         return list(map(id, params)) == self._param_ids
 
     def restore(self, optimizer: Optimizer) -> None:
