@@ -25,7 +25,8 @@ batch size, the same optimizers and the same number of inner steps:
 
 Optimizer kernels. Ours build their optimizers with
 :func:`lightning_wass.modules.optimizers.build_optimizer`: torch's **fused** Adam kernel
-(``fused=True``) wherever every parameter supports it (here, float32 on the CPU: always). The
+(``fused=True``) wherever every parameter supports it (float32 on the CPU or CUDA: every case
+here; the run checks it, and prints a line if one of ours is not fused). The
 "bare" loops build ``torch.optim.Adam(...)`` as a user writes it, torch's **default**
 implementation (on a CPU its per-parameter for-loop; ``foreach`` only on CUDA). The same update
 rule (fused Adam agrees to float rounding), not the same kernels: so the table has a second bare
@@ -144,7 +145,15 @@ def time_ours(module: pl.LightningModule, counter: Callable[[Any], int], x: Tens
     )
     trainer.fit(module, data)
     assert clock.start is not None and clock.end is not None, "the run ended before the clock stopped"
+    global OURS_UNFUSED
+    OURS_UNFUSED |= {
+        f"{type(module).__name__} optimizer {i} ({type(opt).__name__})"
+        for i, opt in enumerate(trainer.optimizers) if not all(g.get("fused") for g in opt.param_groups)
+    }
     return elapsed(clock.start, clock.end, steps)
+
+
+OURS_UNFUSED: set[str] = set()  # ours' optimizers that ran without torch's fused kernel (printed)
 
 
 class Floor(pl.LightningModule):
@@ -426,7 +435,7 @@ def main() -> None:
     print(f"ms per step from this thread's CPU time (wall beside it); batch {BATCH}, {args.threads} thread(s), "
           f"{device}, {steps} timed steps after {warmup}, {rounds} rounds, log_every_n_steps {args.log_every_n_steps}; "
           "ratio = bare / ours (target >= 0.9)")
-    print("optimizers: ours = torch.optim.Adam(fused=True) where supported (build_optimizer; here always); "
+    print("optimizers: ours = torch.optim.Adam(fused=True) where supported (build_optimizer; checked below); "
           "bare = torch.optim.Adam, torch's default implementation"
           + ("; bare fused = torch.optim.Adam(fused=True), the same kernel as ours" if fused_bare else ""))
     fused_head = f" {'bare fused':>10} {'ratio':>6}" if fused_bare else ""
@@ -476,6 +485,11 @@ def main() -> None:
         if args.decompose:
             print(f"    ours without self.log: {row['ours_no_log_ms_cpu']:.2f} ms; without self.log and the guard: "
                   f"{row['ours_no_log_no_guard_ms_cpu']:.2f} ms (CPU)", flush=True)
+    if OURS_UNFUSED:
+        print("NOTE: these of ours ran torch's default (not fused) kernel: " + ", ".join(sorted(OURS_UNFUSED)))
+    else:
+        print("checked: every optimizer of ours above ran torch's fused Adam kernel")
+    meta["ours_unfused_optimizers"] = sorted(OURS_UNFUSED)
     floors = {}
     for k in (5, 1):
         runs = [time_ours(Floor(k), lambda m: m.generator_step, x, warmup, steps, device) for _ in range(rounds)]
