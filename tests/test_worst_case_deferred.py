@@ -186,9 +186,9 @@ def test_the_direct_path_equals_lightnings_and_yields_to_hooks() -> None:
     """Without hooks the direct path is taken; a callback with backward / optimizer-step hooks gets
     Lightning's path (called once per iteration); both give the same iterates."""
     direct = _fit(2, 8, max_steps=11)
-    assert direct[0]._direct_lightning_path()
+    assert direct[0].direct_lightning_path()
     hooks = _HookCounter()
     wrapped = _fit(2, 8, max_steps=11, callbacks=[hooks])
-    assert not wrapped[0]._direct_lightning_path()
+    assert not wrapped[0].direct_lightning_path()
     assert hooks.backward == hooks.optimizer_step == 11  # one backward and one counted step per iteration
     _assert_same_run(direct, wrapped)

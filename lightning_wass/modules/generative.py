@@ -20,10 +20,10 @@ It gives every one of them, written once:
   processes: a single-device run skips it, the update is the same);
 - **training figures logged on Lightning's log steps** (:meth:`GenerativeModule.log_train_metrics`,
   see "What is logged when" below);
-- **the backward and the optimizer step** (:meth:`GenerativeModule.run_backward`,
-  :meth:`GenerativeModule.step_optimizer`): ``manual_backward(loss)`` and ``optimizer.step()``,
+- **the backward and the optimizer step** (:meth:`~lightning_wass.modules.direct_path.DirectLightningPath.run_backward`,
+  :meth:`~lightning_wass.modules.direct_path.DirectLightningPath.step_optimizer`): ``manual_backward(loss)`` and ``optimizer.step()``,
   or, where Lightning's wrappers around them add nothing (one device, 32/64-bit precision, no
-  profiler, no overridden backward hooks: :meth:`GenerativeModule.direct_lightning_path`), what
+  profiler, no overridden backward hooks: :meth:`~lightning_wass.modules.direct_path.DirectLightningPath.direct_lightning_path`), what
   those wrappers then do, without their layers of calls;
 - **divergence reporting through the guard** (:mod:`lightning_wass.guard`):
   :meth:`GenerativeModule.guarded_step`, :meth:`~GenerativeModule.check_finite`,
@@ -68,10 +68,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.plugins.precision import DoublePrecision, Precision
-from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.strategies import SingleDeviceStrategy
-from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor, nn
 
 from lightning_wass.callbacks.evaluation import draw_samples, exact_distances
@@ -79,6 +76,7 @@ from lightning_wass.checkpoints import CheckpointedModule
 from lightning_wass._validation import check_data_batch, check_int, raise_if_diverged
 from lightning_wass.datamodules.batch import unpack_batch
 from lightning_wass.guard import StepCheck, UpdateGuard, rms_ratio
+from lightning_wass.modules.direct_path import DirectLightningPath
 from lightning_wass.nn.gan_nets import is_image_shape
 from lightning_wass.seeding import seeded_generator
 
@@ -90,10 +88,6 @@ __all__ = [
     "default_latent_dim",
     "infer_latent_dim",
 ]
-
-LIGHTNING_STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
-"""The Lightning hooks ``manual_backward`` and ``LightningOptimizer.step`` call around a backward
-and an optimizer step (see :meth:`GenerativeModule.direct_lightning_path`)."""
 
 COUNTERS_KEY = "lightning_wass_counters"
 """The checkpoint key under which every generative module saves its counters (``{name: int}``)."""
@@ -145,7 +139,7 @@ def tracked_check(module: nn.Module, step: contextlib.AbstractContextManager[Ste
 
 
 # ----------------------------------------------------------------------------- the one base
-class GenerativeModule(CheckpointedModule, pl.LightningModule):
+class GenerativeModule(DirectLightningPath, CheckpointedModule, pl.LightningModule):
     """Base of the generative modules: counters, seeded streams, the DDP zero-gradient trick and
     divergence reporting through :mod:`lightning_wass.guard` (see the module docstring).
 
@@ -209,60 +203,6 @@ class GenerativeModule(CheckpointedModule, pl.LightningModule):
         its ops, a few per parameter in the forward and the backward.
         """
         return loss + self.zero_touch(*modules) if self.reduces_gradients() else loss
-
-    # ------------------------------------------------------------------ backward and optimizer step
-    def direct_lightning_path(self) -> bool:
-        """Whether :meth:`run_backward` and :meth:`step_optimizer` may skip Lightning's wrappers.
-
-        They then do exactly what the wrappers do in that case: ``loss.backward()``, and the base
-        optimizer's step between the manual loop's step counters (``global_step``). That holds when
-        no wrapper adds anything: one device (no DDP gradient hooks), plain 32- or 64-bit precision
-        (no loss scaling, no autocast of the backward), Lightning's do-nothing profiler, and neither
-        this module nor a callback overriding ``backward`` / ``manual_backward`` or one of
-        :data:`LIGHTNING_STEP_HOOKS`. Decided once per Trainer and callback list.
-        """
-        trainer = self._trainer
-        if trainer is None:
-            return False
-        # ids only (the module stays picklable); the types too, so that a later Trainer that reuses
-        # a freed one's address is not mistaken for it unless it is built alike
-        key = (
-            id(trainer), id(type(trainer.strategy)), id(type(trainer.precision_plugin)), id(type(trainer.profiler)),
-            tuple(map(id, trainer.callbacks)),
-        )
-        cached = self.__dict__.get("_direct_path_key")
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        direct = (
-            type(trainer.strategy) is SingleDeviceStrategy
-            and type(trainer.precision_plugin) in (Precision, DoublePrecision)
-            and type(trainer.profiler) is PassThroughProfiler
-            and type(self).manual_backward is pl.LightningModule.manual_backward
-            and not any(is_overridden(hook, self) for hook in ("backward", *LIGHTNING_STEP_HOOKS))
-            and not any(is_overridden(hook, callback) for callback in trainer.callbacks for hook in LIGHTNING_STEP_HOOKS)
-            and all(hasattr(opt, "_on_before_step") and hasattr(opt, "_on_after_step") for opt in trainer.strategy._lightning_optimizers)
-        )
-        self.__dict__["_direct_path_key"] = (key, direct)
-        return direct
-
-    def run_backward(self, loss: Tensor) -> None:
-        """``self.manual_backward(loss)``, or ``loss.backward()`` where that is all it does
-        (:meth:`direct_lightning_path`)."""
-        if self.direct_lightning_path():
-            loss.backward()
-        else:
-            self.manual_backward(loss)
-
-    def step_optimizer(self, optimizer: Any) -> None:
-        """``optimizer.step()`` of a ``LightningOptimizer`` (counted in ``global_step``), or, where
-        Lightning's wrappers add nothing (:meth:`direct_lightning_path`), what that step then does:
-        the loop's step counter before and after the base optimizer's step."""
-        if self.direct_lightning_path() and hasattr(optimizer, "_on_before_step"):
-            optimizer._on_before_step()
-            optimizer.optimizer.step()
-            optimizer._on_after_step()
-        else:
-            optimizer.step()
 
     # ------------------------------------------------------------------ training figures
     def on_fit_start(self) -> None:

@@ -27,10 +27,6 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.plugins.precision import DoublePrecision, Precision
-from lightning.pytorch.profilers import PassThroughProfiler
-from lightning.pytorch.strategies import SingleDeviceStrategy
-from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor, nn
 
 from lightning_wass.checkpoints import CheckpointedModule
@@ -44,6 +40,7 @@ from lightning_wass._validation import (
     check_shape,
 )
 from lightning_wass.datamodules.batch import Batch, require_index, unpack_batch
+from lightning_wass.modules.direct_path import DirectLightningPath
 from lightning_wass.modules.worst_case_checks import Iterate, StepChecks
 from lightning_wass.modules.worst_case_exchange import GlobalBatch, NewRows, RowExchange
 from lightning_wass.modules.optimizers import build_optimizer
@@ -63,11 +60,10 @@ from lightning_wass.functional.worst_case import (
 from lightning_wass.seeding import seeded_generator
 
 SUPPORTED_PRECISIONS = ("32-true", "32", "64-true", "64", "bf16-mixed")
-_LIGHTNING_STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
 
 
 
-class WorstCaseGenerator(StepChecks, CheckpointedModule, pl.LightningModule):
+class WorstCaseGenerator(StepChecks, DirectLightningPath, CheckpointedModule, pl.LightningModule):
     """Worst-case samples of Wasserstein DRO for a model, by particle gradient descent-ascent.
 
     Args:
@@ -333,7 +329,7 @@ class WorstCaseGenerator(StepChecks, CheckpointedModule, pl.LightningModule):
         parts = self._split_batch(batch)  # the step's GDA batches of m rows each
         optimizers = self._optimizer_list()
         exchange = RowExchange(self._trainer)
-        direct = self._direct_lightning_path()
+        direct = self.direct_lightning_path()
         # every iteration writes its rows for the next one to read (undone if the step fails); the
         # guard's end verifies the whole step in one host read
         with self._undo_on_failure() as undo:
@@ -360,10 +356,7 @@ class WorstCaseGenerator(StepChecks, CheckpointedModule, pl.LightningModule):
         matching = self._matching_loss(step, exchange)  # the transport map's loss over m' particles
         model_loss = self._model_loss(losses, step)
         # one backward: d/dtheta for the model, d/dv for the particles, d/dphi for the map
-        if direct:
-            (model_loss + matching).backward()
-        else:
-            self.manual_backward(model_loss + matching)
+        self.run_backward(model_loss + matching, direct)
         v_new, g_new = self._particle_ascent(v, v_old, g_old, step)
         new = exchange.finish(step, v_new, g_new, losses, matching)  # the global batch's rows
         previous = (v_old, g_old) if exchange.world == 1 else None  # the rows' values before (one process: new.index == step.index)
@@ -473,16 +466,10 @@ class WorstCaseGenerator(StepChecks, CheckpointedModule, pl.LightningModule):
         return heavy_ball_ascent(v_old, g_old, direction, self.particle_lr, self.particle_momentum)
 
     def _step_optimizers(self, optimizers: list[Any], direct: bool = False) -> None:
-        for i, opt in enumerate(optimizers):
-            # one counted (Lightning) step per iteration, so max_steps counts GDA iterations
-            if i > 0:
-                opt.optimizer.step()
-            elif direct:  # what LightningOptimizer.step does when no hook is there to call
-                opt._on_before_step()
-                opt.optimizer.step()
-                opt._on_after_step()
-            else:
-                opt.step()
+        # one counted (Lightning) step per iteration, so max_steps counts GDA iterations
+        self.step_optimizer(optimizers[0], direct)
+        for opt in optimizers[1:]:
+            opt.optimizer.step()
 
     def _write_particles(
         self, new: NewRows, undo: list[tuple[Tensor, Tensor, Tensor]] | None = None, previous: tuple[Tensor, Tensor] | None = None
@@ -494,35 +481,6 @@ class WorstCaseGenerator(StepChecks, CheckpointedModule, pl.LightningModule):
                 undo.append((new.index, *previous))
                 undo = None
             self.particle_table.write(new.index, new.samples, new.momentum, undo=undo)
-
-    def _direct_lightning_path(self) -> bool:
-        """Whether ``manual_backward`` and the counted optimizer step may skip Lightning's wrappers.
-
-        They then do exactly what the wrappers do here: ``loss.backward()``, and the base optimizer's
-        step between the loop's step counters. That holds when no wrapper adds anything: one
-        device (no DDP gradient hooks), plain 32- or 64-bit precision (no loss scaling, no
-        autocast of the backward), Lightning's do-nothing profiler, and neither this module nor a
-        callback overriding ``backward``, ``on_before_backward``, ``on_after_backward`` or
-        ``on_before_optimizer_step``. Decided once per Trainer and callback list.
-        """
-        trainer = self._trainer
-        if trainer is None:
-            return False
-        key = (id(trainer), tuple(map(id, trainer.callbacks)))
-        cached = self.__dict__.get("_direct_path_key")
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        direct = (
-            type(trainer.strategy) is SingleDeviceStrategy
-            and type(trainer.precision_plugin) in (Precision, DoublePrecision)
-            and type(trainer.profiler) is PassThroughProfiler
-            and type(self).manual_backward is pl.LightningModule.manual_backward
-            and not any(is_overridden(hook, self) for hook in ("backward", *_LIGHTNING_STEP_HOOKS))
-            and not any(is_overridden(hook, callback) for callback in trainer.callbacks for hook in _LIGHTNING_STEP_HOOKS)
-            and all(hasattr(opt, "_on_before_step") and hasattr(opt, "_on_after_step") for opt in trainer.strategy._lightning_optimizers)
-        )
-        self.__dict__["_direct_path_key"] = (key, direct)
-        return direct
 
     def _matching_rows(self, global_index: Tensor, exchange: RowExchange) -> tuple[Tensor, int]:
         """This rank's share of the ``m'`` particles the transport map matches this iteration.
