@@ -31,7 +31,10 @@ here; the run checks it, and prints a line if one of ours is not fused). The
 implementation (on a CPU its per-parameter for-loop; ``foreach`` only on CUDA). The same update
 rule (fused Adam agrees to float rounding), not the same kernels: so the table has a second bare
 column, "bare fused", the same bare loop with ``torch.optim.Adam(..., fused=True)``, and its ratio
-``bare fused / ours`` compares equal kernels. ``--no-fused-bare`` leaves that column out.
+``bare fused / ours`` compares equal kernels. ``--no-fused-bare`` leaves that column out. The bare
+loops run as in a process that never imported Lightning (``bare_process.py``: ``import lightning``
+makes every ``Adam.step`` probe NVML, 0.1-0.5 ms a step on a machine without the NVIDIA driver;
+ours skip that probe for CPU parameters).
 
 "ours" is ``Trainer.fit(module, TensorDataModule(x, batch_size=256))`` (logger, checkpointing,
 progress bar, model summary and validation off; everything else as a user gets it: the
@@ -74,6 +77,7 @@ from typing import Any
 import lightning.pytorch as pl
 import ot
 import torch
+from bare_process import plain_pytorch_process
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
@@ -236,14 +240,16 @@ def grad_norms(f: Callable[[Tensor], Tensor], points: Tensor) -> Tensor:
 
 
 def time_loop(step: Callable[[], None], warmup: int, steps: int, device: torch.device) -> tuple[float, float]:
-    for _ in range(warmup):
-        step()
-    synchronize(device)
-    start = clocks()
-    for _ in range(steps):
-        step()
-    synchronize(device)
-    return elapsed(start, clocks(), steps)
+    """(wall, CPU) ms per step of a bare loop, as in a process without Lightning (``bare_process.py``)."""
+    with plain_pytorch_process():
+        for _ in range(warmup):
+            step()
+        synchronize(device)
+        start = clocks()
+        for _ in range(steps):
+            step()
+        synchronize(device)
+        return elapsed(start, clocks(), steps)
 
 
 # ---------------------------------------------------------------------------------- bare: WGAN-GP
