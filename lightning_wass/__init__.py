@@ -22,6 +22,7 @@ _LAZY: dict[str, str] = {
     "read_checkpoint": "lightning_wass.checkpoints",
     "GradientNormStopping": "lightning_wass.callbacks.gradient_norm_stopping",
     "HJResidualStopping": "lightning_wass.callbacks.hj_residual_stopping",
+    "ReleaseSpawnedProcessGroup": "lightning_wass.callbacks.release_process_group",
     "SampleFigure": "lightning_wass.callbacks.sample_figure",
     "WassersteinMonitor": "lightning_wass.callbacks.wasserstein_monitor",
     "CIFAR10DataModule": "lightning_wass.datamodules",
@@ -69,6 +70,7 @@ __all__ = [
     # callbacks
     "GradientNormStopping",
     "HJResidualStopping",
+    "ReleaseSpawnedProcessGroup",
     "SampleFigure",
     "WassersteinMonitor",
     # data
@@ -125,6 +127,7 @@ if TYPE_CHECKING:  # static type checkers and IDEs see the eager imports
     from lightning_wass._validation import DivergenceError
     from lightning_wass.callbacks.gradient_norm_stopping import GradientNormStopping
     from lightning_wass.callbacks.hj_residual_stopping import HJResidualStopping
+    from lightning_wass.callbacks.release_process_group import ReleaseSpawnedProcessGroup
     from lightning_wass.callbacks.sample_figure import SampleFigure
     from lightning_wass.callbacks.wasserstein_monitor import WassersteinMonitor
     from lightning_wass.checkpoints import CheckpointError, read_checkpoint

@@ -23,6 +23,7 @@ import scipy.stats
 import torch
 from torch.utils.data import DistributedSampler
 
+from lightning_wass.callbacks import ReleaseSpawnedProcessGroup
 from lightning_wass.datamodules import DigitsDataModule, InMemoryDataModule, MNISTDataModule, TensorDataModule, ToyDataModule
 from lightning_wass.datamodules.base import TensorDictDataset
 from lightning_wass.datamodules.batch import PADDING_INDEX, padding_mask
@@ -335,6 +336,7 @@ def _fit_ddp(folder: Path, return_index: bool, epochs: int) -> None:
     trainer = pl.Trainer(
         accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=epochs, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, default_root_dir=folder,
+        callbacks=[ReleaseSpawnedProcessGroup()],
     )
     trainer.fit(IndexLog(str(folder)), datamodule=dm)
 

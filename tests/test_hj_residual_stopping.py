@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_wass import HJResidualStopping
+from lightning_wass import HJResidualStopping, ReleaseSpawnedProcessGroup
 from lightning_wass.callbacks import HJResidualStopping as FromCallbacks
 
 BIG, SMALL = 0.5, 0.01
@@ -181,7 +181,7 @@ def test_ranks_that_disagree_stop_together_once_all_agree(tmp_path: Path) -> Non
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        callbacks=[HJResidualStopping(tol=0.1, patience=2, verbose=False), RecordStop(str(tmp_path))],
+        callbacks=[HJResidualStopping(tol=0.1, patience=2, verbose=False), RecordStop(str(tmp_path)), ReleaseSpawnedProcessGroup()],
     )
     trainer.fit(Scripted(hj, sync=False))
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_wass.callbacks import ReleaseSpawnedProcessGroup
 from lightning_wass.metrics import WassersteinDistance
 from lightning_wass.ot import wasserstein_distance
 
@@ -137,6 +138,7 @@ def _validate(devices: int, strategy: str) -> dict[str, float]:
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
+        callbacks=[ReleaseSpawnedProcessGroup()],  # a module of our own tests under ddp_spawn (see the callback)
     )
     loader = DataLoader(TensorDataset(torch.arange(N_X)), batch_size=8, shuffle=False)
     return trainer.validate(_MetricModule(), dataloaders=loader, verbose=False)[0]

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_wass.callbacks import ReleaseSpawnedProcessGroup
 from lightning_wass.optim import OTMDR, SAM
 
 RHO, LR = 0.05, 0.1
@@ -247,7 +248,8 @@ def test_ddp_synced_and_per_replica_ascent_match_references_and_keep_replicas_id
     out = tmp_path / "checked.json"
     module = DDPCheckModule(str(out))
     trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=4, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[ReleaseSpawnedProcessGroup()])
     trainer.fit(module, DataLoader(make_data(n=64), batch_size=8, shuffle=False))
     assert json.loads(out.read_text()) == {"synced": 2, "per_replica": 2}
 

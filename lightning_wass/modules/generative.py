@@ -73,6 +73,7 @@ from torch import Tensor, nn
 
 from lightning_wass.callbacks.evaluation import draw_samples, exact_distances
 from lightning_wass.checkpoints import CheckpointedModule
+from lightning_wass.modules.spawned_process_group import ReleasesSpawnedProcessGroup
 from lightning_wass._validation import check_data_batch, check_int, raise_if_diverged
 from lightning_wass.datamodules.batch import unpack_batch
 from lightning_wass.guard import StepCheck, UpdateGuard, rms_ratio
@@ -139,7 +140,7 @@ def tracked_check(module: nn.Module, step: contextlib.AbstractContextManager[Ste
 
 
 # ----------------------------------------------------------------------------- the one base
-class GenerativeModule(DirectLightningPath, CheckpointedModule, pl.LightningModule):
+class GenerativeModule(ReleasesSpawnedProcessGroup, DirectLightningPath, CheckpointedModule, pl.LightningModule):
     """Base of the generative modules: counters, seeded streams, the DDP zero-gradient trick and
     divergence reporting through :mod:`lightning_wass.guard` (see the module docstring).
 

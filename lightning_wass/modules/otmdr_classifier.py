@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_wass.checkpoints import CheckpointedModule
+from lightning_wass.modules.spawned_process_group import ReleasesSpawnedProcessGroup
 from lightning_wass._validation import DivergenceError, check_choice, check_fraction, check_int, check_positive, raise_if_diverged
 from lightning_wass.datamodules import unpack_batch
 from lightning_wass.guard import guarded_optimizer_step
@@ -67,7 +68,7 @@ BASE_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
 SCHEDULERS = ("cosine", "plateau", "none")
 
 
-class OTMDRClassifier(CheckpointedModule, pl.LightningModule):
+class OTMDRClassifier(ReleasesSpawnedProcessGroup, CheckpointedModule, pl.LightningModule):
     """Classifier / ensemble / BNN trained with OT-MDR, SAM or the plain base optimizer.
 
     Args:

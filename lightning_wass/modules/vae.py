@@ -32,6 +32,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 
 from lightning_wass.checkpoints import CheckpointedModule
+from lightning_wass.modules.spawned_process_group import ReleasesSpawnedProcessGroup
 from lightning_wass._validation import check_choice, check_data_batch, check_int, check_positive, check_shape, raise_if_diverged
 from lightning_wass.datamodules.batch import unpack_batch
 from lightning_wass.guard import guarded_optimizer_step
@@ -42,7 +43,7 @@ LIKELIHOODS = ("bernoulli", "gaussian")
 GRID_IMAGES = 8  # images per row of the logged reconstruction grid
 
 
-class VAE(CheckpointedModule, pl.LightningModule):
+class VAE(ReleasesSpawnedProcessGroup, CheckpointedModule, pl.LightningModule):
     """Variational auto-encoder with an MLP or convolutional encoder/decoder chosen from the data shape.
 
     Args:

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_wass.checkpoints import CheckpointedModule
+from lightning_wass.modules.spawned_process_group import ReleasesSpawnedProcessGroup
 from lightning_wass._validation import (
     check_bool,
     check_fraction,
@@ -63,7 +64,7 @@ SUPPORTED_PRECISIONS = ("32-true", "32", "64-true", "64", "bf16-mixed")
 
 
 
-class WorstCaseGenerator(StepChecks, DirectLightningPath, CheckpointedModule, pl.LightningModule):
+class WorstCaseGenerator(ReleasesSpawnedProcessGroup, StepChecks, DirectLightningPath, CheckpointedModule, pl.LightningModule):
     """Worst-case samples of Wasserstein DRO for a model, by particle gradient descent-ascent.
 
     Args:
