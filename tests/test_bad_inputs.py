@@ -870,6 +870,7 @@ EXEMPT: dict[str, str] = {
     "Rollout": "the dataclass euler_rollout returns (its inputs are checked there)",
     "Batch": "the NamedTuple unpack_batch returns (its input is checked there)",
     "PassInfo": "a read-only record the optimizer builds and hands its closure during a step; users never build one",
+    "ReleaseSpawnedProcessGroup": "a callback built without arguments: there is no user input to refuse",
 }
 
 
