@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import lightning.pytorch as pl
 import torch.distributed as dist
+# Lightning's one launcher that starts workers with multiprocessing (spawn / fork); it has no public alias
 from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 
 __all__ = ["ReleaseSpawnedProcessGroup", "release_spawned_process_group"]
@@ -34,10 +35,8 @@ def release_spawned_process_group(trainer: pl.Trainer) -> bool:
     Returns whether a group was destroyed (``False`` outside such a worker, or when no group is
     initialised).
     """
-    launcher = getattr(trainer.strategy, "launcher", None)
-    if not isinstance(launcher, _MultiProcessingLauncher):
-        return False
-    if not (dist.is_available() and dist.is_initialized()):
+    spawned_worker = isinstance(getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher)
+    if not (spawned_worker and dist.is_available() and dist.is_initialized()):
         return False
     dist.destroy_process_group()
     return True
